@@ -1,0 +1,3 @@
+from evoprune.cli import main
+
+raise SystemExit(main())

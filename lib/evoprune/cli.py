@@ -1,0 +1,109 @@
+"""Command line: ``python -m evoprune eval|search ...``. Errors print one line naming the fix and exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from evoprune import EvopruneError
+
+
+def parse_rates(text: str) -> float | list[float]:
+    """``0.45`` (uniform), ``0.4,0.5,...`` (one per gene) or a JSON file holding a list or {"genome": [...]}."""
+    if text.endswith(".json"):
+        path = Path(text)
+        if not path.is_file():
+            raise EvopruneError(f"rates file {text} does not exist.")
+        obj = json.loads(path.read_text())
+        values = obj["genome"] if isinstance(obj, dict) else obj
+    else:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise EvopruneError(f"--rates {text!r} is not a number, a comma-separated list of numbers, or a "
+                                f".json file.") from None
+    if not isinstance(values, list):
+        values = [values]
+    for v in values:
+        if not isinstance(v, (int, float)) or math.isnan(v) or not 0 <= v <= 1:
+            raise EvopruneError(f"--rates: {v} is not a rate; every rate must be a number in [0, 1].")
+    return float(values[0]) if len(values) == 1 else [float(v) for v in values]
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    from evoprune.data import default_data
+    p.add_argument("--model", default="gpt2", help="smollm2-135m, tiny-gpt2, a hub id (gpt2) or a local dir")
+    p.add_argument("--data", default=default_data(),
+                   help="'wikitext2' (hub) or a local directory like ../shared/data (default: $EVOPRUNE_DATA_DIR)")
+    p.add_argument("--criterion", default="magnitude")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--dtype", default="float32", help="float32 (reported numbers) or bfloat16")
+
+
+def cmd_eval(args) -> dict:
+    from evoprune import models, perplexity
+    from evoprune.data import load_tokens
+    from evoprune.pruning import Pruner
+    from evoprune.results import provenance
+
+    rates = parse_rates(args.rates)
+    dtype = perplexity.get_dtype(args.dtype)
+    if args.protocol not in perplexity.PROTOCOLS:
+        raise EvopruneError(f"unknown protocol {args.protocol!r}: use one of {', '.join(perplexity.PROTOCOLS)}.")
+    loaded = models.load_model(args.model)
+    tokens = load_tokens(loaded.tokenizer, args.data, args.split)
+    n_blocks = len(models.blocks(loaded.model))
+    genes_per_block = 2 if isinstance(rates, list) and len(rates) == 2 * n_blocks else 1
+    pruner = Pruner(loaded.model, args.criterion, genes_per_block)
+    pruner.apply(rates if isinstance(rates, list) else [rates] * pruner.n_genes)
+    start = time.perf_counter()
+    result = perplexity.measure(loaded.model, tokens.ids, args.protocol, args.seq_len, args.max_windows,
+                                args.stride, args.batch_size, dtype, progress=not args.json)
+    seconds = time.perf_counter() - start
+    return {**result.as_dict(), "block_sparsity": pruner.block_sparsity(),
+            "model_sparsity": pruner.model_sparsity(), "seconds": seconds, "genome": pruner.genome,
+            "provenance": provenance(model=args.model, weights=loaded.weights_hash, data=tokens.provenance(),
+                                     criterion=args.criterion, seq_len=args.seq_len, stride=args.stride,
+                                     max_windows=args.max_windows, dtype=args.dtype)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evoprune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="perplexity of a model pruned to a rate vector")
+    add_model_args(ev)
+    ev.add_argument("--split", default="test", help="test (reported numbers) or validation")
+    ev.add_argument("--rates", default="0", help="0.45, a comma-separated list, or a .json genome file")
+    ev.add_argument("--protocol", default="primary", help="primary, sliding or study")
+    ev.add_argument("--stride", type=int, default=512, help="stride of the sliding and study protocols")
+    ev.add_argument("--max-windows", type=int, default=None)
+    ev.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    ev.add_argument("--out", help="also write the JSON object to this file")
+    ev.set_defaults(run=cmd_eval)
+
+    try:
+        from evoprune.search import add_search_parser
+        add_search_parser(sub, add_model_args)
+    except ImportError:  # search comes with its own module
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.run(args)
+    except EvopruneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result is not None:
+        if getattr(args, "out", None) and args.command == "eval":
+            from evoprune.results import write_json
+            write_json(args.out, result)
+        print(json.dumps(result) if getattr(args, "json", False) else json.dumps(result, indent=2))
+    return 0

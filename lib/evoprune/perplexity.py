@@ -1,0 +1,130 @@
+"""Perplexity under three protocols.
+
+* ``primary`` (pruning literature, Wanda/SparseGPT): non-overlapping ``seq_len`` windows over the whole split,
+  tail dropped, PPL = exp(total NLL / predicted tokens).
+* ``sliding`` (Hugging Face perplexity guide): windows of ``seq_len`` every ``stride`` tokens, each scoring
+  only the tokens not scored before; the last, shorter window is kept.
+* ``study`` (the published GA's notebook): 1024-token windows every 512 tokens, full windows only, 128 of them
+  drawn with ``random.seed(365)``; PPL = exp(mean of the per-window mean losses), every position scored.
+"""
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from evoprune import EvopruneError
+
+PROTOCOLS = ("primary", "sliding", "study")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Perplexity:
+    ppl: float
+    n_windows: int
+    n_tokens: int  # predicted (scored) tokens
+    protocol: str
+
+    def as_dict(self) -> dict:
+        return {"ppl": self.ppl, "n_windows": self.n_windows, "n_tokens": self.n_tokens, "protocol": self.protocol}
+
+
+def get_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise EvopruneError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def windows(ids: torch.Tensor, seq_len: int = 1024, max_windows: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows, tail dropped: shape (n, seq_len)."""
+    n = ids.numel() // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise EvopruneError(f"the text has {ids.numel()} tokens, fewer than one window of {seq_len}.")
+    return ids[: n * seq_len].view(n, seq_len)
+
+
+def study_windows(ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, n: int = 128,
+                  seed: int = 365) -> torch.Tensor:
+    """The study's windows: full windows every ``stride`` tokens, ``n`` of them sampled with a fixed seed."""
+    starts = list(range(0, ids.numel() - seq_len + 1, stride))
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(starts, min(n, len(starts))))
+    return torch.stack([ids[s: s + seq_len] for s in chosen])
+
+
+def _autocast(model: nn.Module, dtype: torch.dtype):
+    model_dtype = next(model.parameters()).dtype
+    return nullcontext() if dtype == model_dtype else torch.autocast("cpu", dtype=dtype)
+
+
+@torch.inference_mode()
+def token_nll(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Negative log-likelihood of every next token: shape (B, L-1), float32.
+
+    Logits are formed window by window from the final hidden states, so a batch never holds B x L x vocab.
+    """
+    with _autocast(model, dtype):
+        hidden = model.base_model(input_ids=batch).last_hidden_state
+        head = model.get_output_embeddings()
+        rows = [F.cross_entropy(head(h[:-1]).float(), x[1:], reduction="none") for h, x in zip(hidden, batch)]
+    return torch.stack(rows)
+
+
+def window_nll(model: nn.Module, wins: torch.Tensor, batch_size: int = 4, dtype: torch.dtype = torch.float32,
+               progress: bool = False) -> torch.Tensor:
+    """Per-window NLL of every predicted position: shape (n, L-1)."""
+    out = []
+    for start in tqdm(range(0, len(wins), batch_size), desc="windows", unit="batch", disable=not progress,
+                      leave=False):
+        out.append(token_nll(model, wins[start: start + batch_size], dtype))
+    return torch.cat(out)
+
+
+def primary(model, wins, batch_size=4, dtype=torch.float32, progress=False) -> Perplexity:
+    nll = window_nll(model, wins, batch_size, dtype, progress).double()
+    return Perplexity(math.exp(nll.sum().item() / nll.numel()), len(wins), nll.numel(), "primary")
+
+
+def study(model, wins, batch_size=4, dtype=torch.float32, progress=False) -> Perplexity:
+    nll = window_nll(model, wins, batch_size, dtype, progress).double()
+    return Perplexity(math.exp(nll.mean(dim=1).mean().item()), len(wins), nll.numel(), "study")
+
+
+def sliding(model, ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, dtype=torch.float32,
+            progress: bool = False) -> Perplexity:
+    """The Hugging Face guide's strided evaluation, counting exactly the tokens each window scores."""
+    total, count, n_windows, prev_end = 0.0, 0, 0, 0
+    for begin in tqdm(range(0, ids.numel(), stride), desc="windows", disable=not progress, leave=False):
+        end = min(begin + seq_len, ids.numel())
+        window = ids[begin:end]
+        first_target = max(1, len(window) - (end - prev_end))  # tokens before it were scored already
+        nll = token_nll(model, window.unsqueeze(0), dtype)[0, first_target - 1:].double()
+        total, count, n_windows, prev_end = total + nll.sum().item(), count + nll.numel(), n_windows + 1, end
+        if end == ids.numel():
+            break
+    return Perplexity(math.exp(total / count), n_windows, count, "sliding")
+
+
+def measure(model, ids: torch.Tensor, protocol: str = "primary", seq_len: int = 1024,
+            max_windows: int | None = None, stride: int = 512, batch_size: int = 4,
+            dtype: torch.dtype = torch.float32, progress: bool = False) -> Perplexity:
+    """Perplexity of ``model`` on token ids under one protocol."""
+    if protocol == "primary":
+        return primary(model, windows(ids, seq_len, max_windows), batch_size, dtype, progress)
+    if protocol == "study":
+        n = 128 if max_windows is None else max_windows
+        return study(model, study_windows(ids, seq_len, stride, n), batch_size, dtype, progress)
+    if protocol == "sliding":
+        if max_windows is not None:
+            ids = ids[: max_windows * stride + seq_len]
+        return sliding(model, ids, seq_len, stride, dtype, progress)
+    raise EvopruneError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}.")
