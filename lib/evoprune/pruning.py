@@ -22,19 +22,43 @@ GROUPS = ("attention", "mlp")
 
 # --- criteria: a score per weight in (out, in) layout, and whether scores compete within rows only ------------
 
-def magnitude_scores(matrix: Matrix, stats: dict | None = None) -> torch.Tensor:
+def magnitude_scores(matrix: Matrix, norms: dict | None = None) -> torch.Tensor:
     return matrix.out_in().abs().float()
 
 
-magnitude_scores.per_row = False
+def wanda_scores(matrix: Matrix, norms: dict) -> torch.Tensor:
+    """Wanda: |W_ij| * ||X_j||_2, with X the matrix's input on calibration tokens."""
+    return matrix.out_in().abs().float() * norms[matrix.name].unsqueeze(0)
 
-CRITERIA: dict[str, Callable] = {"magnitude": magnitude_scores}
+
+magnitude_scores.per_row, magnitude_scores.needs_calibration = False, False
+wanda_scores.per_row, wanda_scores.needs_calibration = True, True
+
+CRITERIA: dict[str, Callable] = {"magnitude": magnitude_scores, "wanda": wanda_scores}
 
 
 def get_criterion(name: str) -> Callable:
     if name not in CRITERIA:
         raise EvopruneError(f"unknown criterion {name!r}: use one of {', '.join(sorted(CRITERIA))}.")
     return CRITERIA[name]
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, calibration: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
+    """L2 norm of each prunable matrix's input features over all calibration tokens (dense model, one pass)."""
+    sums, hooks = {}, []
+    for m in prunable_matrices(model):
+        def accumulate(module, args, name=m.name):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            sums[name] = sums.get(name, 0) + (x * x).sum(dim=0)
+        hooks.append(model.get_submodule(m.name).register_forward_pre_hook(accumulate))
+    try:
+        for start in range(0, len(calibration), batch_size):
+            model.base_model(input_ids=calibration[start: start + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: total.sqrt() for name, total in sums.items()}
 
 
 def ordering(scores: torch.Tensor, per_row: bool, transposed: bool) -> torch.Tensor:
@@ -77,7 +101,7 @@ class Pruner:
     """Applies rate vectors to a model in place; keeps one dense copy and the orderings."""
 
     def __init__(self, model: nn.Module, criterion: str = "magnitude", genes_per_block: int = 1,
-                 stats: dict | None = None):
+                 calibration: torch.Tensor | None = None):
         if genes_per_block not in (1, 2):
             raise EvopruneError("genes_per_block must be 1 (one rate per block) or 2 (attention, MLP).")
         self.model = model
@@ -86,9 +110,14 @@ class Pruner:
         self.n_blocks = len(blocks(model))
         self.matrices = prunable_matrices(model)
         score = get_criterion(criterion)
+        norms = None
+        if score.needs_calibration:
+            if calibration is None:
+                raise EvopruneError(f"criterion {criterion!r} needs calibration windows (validation split).")
+            norms = input_norms(model, calibration)
         self.dense = [m.weight.data.clone() for m in self.matrices]
         with torch.no_grad():
-            self.orders = [ordering(score(m, stats), score.per_row, m.transposed) for m in self.matrices]
+            self.orders = [ordering(score(m, norms), score.per_row, m.transposed) for m in self.matrices]
         self.removed = [0] * len(self.matrices)
         self.genome = [0.0] * self.n_genes
 
@@ -106,12 +135,16 @@ class Pruner:
             sizes[self.gene_of(m)] += m.numel
         return sizes
 
-    @torch.no_grad()
     def apply(self, genome) -> None:
-        """Prune to a rate vector, touching only the entries between the current and the new counts."""
+        """Prune to a rate vector (one rate per gene, or one number for all)."""
         genome = check_genome(genome, self.n_genes)
-        for i, m in enumerate(self.matrices):
-            new = count_for(genome[self.gene_of(m)], m.numel)
+        self.set_counts([count_for(genome[self.gene_of(m)], m.numel) for m in self.matrices])
+        self.genome = genome
+
+    @torch.no_grad()
+    def set_counts(self, counts: Sequence[int]) -> None:
+        """Remove ``counts[i]`` weights from matrix i, touching only entries between the old and new counts."""
+        for i, (m, new) in enumerate(zip(self.matrices, counts)):
             old = self.removed[i]
             flat = m.weight.data.view(-1)
             if new > old:
@@ -120,7 +153,14 @@ class Pruner:
                 idx = self.orders[i][new:old]
                 flat[idx] = self.dense[i].view(-1)[idx]
             self.removed[i] = new
-        self.genome = genome
+        self.genome = self.rates_of(counts)
+
+    def rates_of(self, counts: Sequence[int]) -> list[float]:
+        """The per-gene rates (parameter-weighted) that per-matrix counts amount to."""
+        removed = [0] * self.n_genes
+        for m, c in zip(self.matrices, counts):
+            removed[self.gene_of(m)] += c
+        return [r / s for r, s in zip(removed, self.gene_sizes())]
 
     def restore(self) -> None:
         self.apply([0.0] * self.n_genes)
@@ -139,3 +179,59 @@ class Pruner:
         """Parameter-weighted mean rate of a genome: the block sparsity it will have."""
         sizes = self.gene_sizes()
         return sum(g * s for g, s in zip(genome, sizes)) / sum(sizes)
+
+
+# --- allocations that need no search: per-matrix counts or per-block rates for a target ---------------------
+
+@torch.no_grad()
+def global_magnitude_counts(pruner: Pruner, target: float) -> list[int]:
+    """One magnitude threshold over all block matrices; ties at the threshold go to matrices in order."""
+    magnitudes = torch.cat([d.abs().flatten().float() for d in pruner.dense])
+    total = count_for(target, magnitudes.numel())
+    if total == 0:
+        return [0] * len(pruner.matrices)
+    threshold = magnitudes.kthvalue(total).values
+    counts = [int((d.abs() < threshold).sum()) for d in pruner.dense]
+    spare = total - sum(counts)
+    for i, d in enumerate(pruner.dense):
+        extra = min(spare, int((d.abs() == threshold).sum()))
+        counts[i] += extra
+        spare -= extra
+    return counts
+
+
+def spread_around(target: float, scores: Sequence[float], spread: float) -> list[float]:
+    """Rates in [target - spread, target + spread], linear in ``scores`` (highest score, highest rate), mean =
+    target. Equal scores give uniform rates."""
+    lo, hi = min(scores), max(scores)
+    if hi == lo:
+        return [target] * len(scores)
+    unit = [(s - lo) / (hi - lo) * 2 * spread for s in scores]
+    mean = sum(unit) / len(unit)
+    return [min(1.0, max(0.0, target + u - mean)) for u in unit]
+
+
+@torch.no_grad()
+def owl_rates(model: nn.Module, calibration: torch.Tensor, target: float, threshold_m: float = 5.0,
+              spread: float = 0.08) -> list[float]:
+    """OWL (Yin et al., 2024): blocks with more outliers (Wanda scores above M x their matrix's mean) keep more
+    weights; block rates span target +- spread and average to the target (blocks have equal sizes)."""
+    norms = input_norms(model, calibration)
+    n_blocks = len(blocks(model))
+    outliers, sizes = [0] * n_blocks, [0] * n_blocks
+    for m in prunable_matrices(model):
+        score = wanda_scores(m, norms)
+        outliers[m.block] += int((score > threshold_m * score.mean()).sum())
+        sizes[m.block] += m.numel
+    ratios = [o / s for o, s in zip(outliers, sizes)]
+    return spread_around(target, [-r for r in ratios], spread)
+
+
+def sensitivity_rates(sensitivity: Sequence[float], target: float, spread: float = 0.1) -> list[float]:
+    """A greedy allocation from a per-block sensitivity scan: the most sensitive block gets target - spread,
+    the least sensitive target + spread, linear in rank between."""
+    order = sorted(range(len(sensitivity)), key=lambda b: sensitivity[b])
+    rank = [0] * len(sensitivity)
+    for position, b in enumerate(order):
+        rank[b] = position
+    return spread_around(target, [-r for r in rank], spread)

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from evoprune import EvopruneError
+from evoprune.models import prunable_matrices, tiny_gpt2
+from evoprune.pruning import (Pruner, count_for, global_magnitude_counts, input_norms, owl_rates,
+                              sensitivity_rates, wanda_scores)
+
+
+@pytest.fixture
+def calibration():
+    return torch.randint(0, 257, (3, 64), generator=torch.Generator().manual_seed(0))
+
+
+def test_input_norms_match_a_direct_computation(tiny, calibration):
+    model = tiny.model
+    norms = input_norms(model, calibration, batch_size=2)
+    block = model.transformer.h[0]
+    with torch.no_grad():
+        x = block.ln_1(model.transformer.wte(calibration) + model.transformer.wpe(torch.arange(64)))
+    expected = x.reshape(-1, x.shape[-1]).pow(2).sum(0).sqrt()
+    assert torch.allclose(norms["transformer.h.0.attn.c_attn"], expected, rtol=1e-5)
+
+
+def test_wanda_scores_are_weight_times_input_norm(tiny, calibration):
+    norms = input_norms(tiny.model, calibration)
+    m = next(m for m in prunable_matrices(tiny.model) if m.name == "transformer.h.3.mlp.c_proj")
+    direct = torch.stack([m.weight[:, o].abs() * norms[m.name] for o in range(m.weight.shape[1])])  # (out, in)
+    assert torch.allclose(wanda_scores(m, norms), direct)
+
+
+def test_wanda_prunes_each_output_row_equally_on_conv1d(tiny, calibration):
+    pruner = Pruner(tiny.model, "wanda", calibration=calibration)
+    pruner.apply(0.5)
+    for m in pruner.matrices:
+        per_row = (m.out_in() == 0).sum(dim=1)
+        assert per_row.max() - per_row.min() <= 1, m.name
+        assert int(per_row.sum()) == count_for(0.5, m.numel)
+
+
+def test_wanda_needs_calibration(tiny):
+    with pytest.raises(EvopruneError, match="calibration"):
+        Pruner(tiny.model, "wanda")
+
+
+def test_unknown_criterion(tiny):
+    with pytest.raises(EvopruneError, match="unknown criterion.*magnitude.*wanda"):
+        Pruner(tiny.model, "random")
+
+
+def test_global_magnitude_uses_one_threshold(tiny):
+    pruner = Pruner(tiny.model)
+    pruner.set_counts(global_magnitude_counts(pruner, 0.45))
+    total = sum(m.numel for m in pruner.matrices)
+    assert sum(pruner.removed) == count_for(0.45, total)
+    removed = torch.cat([d[m.weight == 0].abs() for m, d in zip(pruner.matrices, pruner.dense)])
+    kept = torch.cat([d[m.weight != 0].abs() for m, d in zip(pruner.matrices, pruner.dense)])
+    assert removed.max() <= kept.min()
+    assert pruner.target_sparsity(pruner.genome) == pytest.approx(0.45, abs=1e-6)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.45, 0.6])
+def test_owl_rates_average_to_the_target(tiny, calibration, target):
+    rates = owl_rates(tiny.model, calibration, target, threshold_m=5, spread=0.08)
+    assert len(rates) == 12
+    assert sum(rates) / 12 == pytest.approx(target)
+    assert max(rates) - min(rates) == pytest.approx(0.16)
+
+
+def test_sensitivity_rates_prune_robust_blocks_more():
+    rates = sensitivity_rates([50.0, 10.0, 30.0, 20.0], 0.5, spread=0.1)
+    assert sum(rates) / 4 == pytest.approx(0.5)
+    assert rates[1] == pytest.approx(0.6) and rates[0] == pytest.approx(0.4)
