@@ -249,3 +249,95 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- whole-block removal and export ------------------------------------------------------------------------
+
+LAYER_COUNT_KEYS = ("n_layer", "num_hidden_layers")
+
+
+def _check_drop(n_blocks: int, drop) -> list[int]:
+    drop = sorted(set(int(b) for b in drop))
+    if any(not 0 <= b < n_blocks for b in drop):
+        raise EvopruneError(f"blocks to remove must be in 0..{n_blocks - 1}; got {drop}.")
+    if len(drop) >= n_blocks:
+        raise EvopruneError(f"cannot remove all {n_blocks} blocks: keep at least one.")
+    return drop
+
+
+def _set_blocks(model: nn.Module, kept: list[nn.Module]) -> None:
+    arch = architecture_of(model)
+    parent_path, _, attr = arch.blocks_path.rpartition(".")
+    setattr(_get(model, parent_path), attr, nn.ModuleList(kept))
+    for key in LAYER_COUNT_KEYS:
+        if hasattr(model.config, key):
+            setattr(model.config, key, len(kept))
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[: len(kept)]
+    for i, block in enumerate(kept):  # the KV cache indexes layers by position
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = i
+
+
+def remove_blocks(model: nn.Module, drop) -> nn.Module:
+    """Physically remove decoder blocks (in place): a smaller model with its config updated."""
+    all_blocks = list(blocks(model))
+    drop = _check_drop(len(all_blocks), drop)
+    _set_blocks(model, [b for i, b in enumerate(all_blocks) if i not in drop])
+    return model
+
+
+class BlocksRemoved:
+    """``with BlocksRemoved(model, [3, 7]):`` the model runs without those blocks; afterwards it is whole again.
+    No weights are copied."""
+
+    def __init__(self, model: nn.Module, drop):
+        self.model, self.drop = model, drop
+        self.original = list(blocks(model))
+        self.config = {k: getattr(model.config, k) for k in LAYER_COUNT_KEYS + ("layer_types",)
+                       if hasattr(model.config, k)}
+
+    def __enter__(self) -> nn.Module:
+        return remove_blocks(self.model, self.drop)
+
+    def __exit__(self, *exc) -> None:
+        _set_blocks(self.model, self.original)
+        for key, value in self.config.items():
+            setattr(self.model.config, key, value)
+
+
+def export(model: nn.Module, out_dir: str | Path, tokenizer=None) -> dict:
+    """Save as a normal Hugging Face model directory (safetensors; zeros and removed blocks as they are)."""
+    out_dir = Path(out_dir)
+    plain_weights(model).save_pretrained(out_dir)
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(out_dir)
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    size = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file())
+    return {"dir": str(out_dir), "parameters": sum(p.numel() for p in model.parameters()),
+            "nonzero_parameters": nonzero, "bytes_on_disk": size}
+
+
+@torch.inference_mode()
+def latency(model: nn.Module, prompt: torch.Tensor, new_tokens: int = 32, seq_len: int = 1024,
+            repeats: int = 3) -> dict:
+    """Median ms per generated token (greedy, warm-up excluded) and per ``seq_len``-token forward."""
+    import statistics
+    import time
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    ids = prompt.view(1, -1)
+    generate = timed(lambda: model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                            do_sample=False, pad_token_id=0))
+    window = torch.arange(seq_len).remainder(model.config.vocab_size).view(1, -1)
+    forward = timed(lambda: model(window))
+    return {"ms_per_token": 1e3 * generate / new_tokens, "ms_per_forward": 1e3 * forward, "seq_len": seq_len}
