@@ -55,3 +55,17 @@ def test_unknown_model(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = main(["eval", "--model", "no-such-org/no-such-model", "--data", str(tmp_path)])
     assert code == 2 and "not cached" in capsys.readouterr().err
+
+
+def test_paper_profile_offline_names_the_offline_profile(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["check", "--profile", "paper"])
+    err = capsys.readouterr().err
+    assert code == 2 and "PROFILE=offline" in err and "EVOPRUNE_DATA_DIR" in err
+
+
+def test_make_reproduce_unknown_profile_fails_clearly():
+    import subprocess
+    from evoprune.results import ROOT
+    run = subprocess.run(["make", "-s", "reproduce", "PROFILE=nonexistent"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0 and "unknown profile 'nonexistent'" in run.stderr

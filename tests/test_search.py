@@ -1,0 +1,276 @@
+"""The evolutionary search: operators and the optimizer on synthetic objectives, then end to end on tiny-gpt2."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from evoprune import EvopruneError
+from evoprune.cli import main
+from evoprune.search import (CHECKPOINT, HISTORY_COLUMNS, PENALTY, Evaluator, optimize, project, move_rates,
+                             run_search, search_config, seed_offspring, weighted_mean)
+
+OPTIMUM = np.array([0.3, 0.7, 0.45, 0.55, 0.6, 0.4, 0.35, 0.65])  # weighted mean 0.5 for both size vectors
+EQUAL = [1000] * 8
+UNEQUAL = [3000, 1000] * 4
+
+
+class Bowl:
+    """A weighted quadratic around a feasible optimum that records every call and can die after ``fail_after``."""
+
+    def __init__(self, sizes, fail_after=None):
+        self.w = np.asarray(sizes, dtype=float)
+        self.fail_after = fail_after
+        self.calls = []
+
+    def __call__(self, genome, n_windows):
+        self.calls.append((list(genome), n_windows))
+        if self.fail_after is not None and len(self.calls) > self.fail_after:
+            raise RuntimeError("killed")
+        return float(np.dot(self.w, (np.asarray(genome) - OPTIMUM) ** 2) / self.w.sum())
+
+
+def config(mode="default", **options):
+    return search_config("synthetic", None, 0.5, mode=mode, **options)
+
+
+def outcome(search):
+    """What two runs must agree on (wall-clock times aside)."""
+    best_at = {k: v for k, v in search.best_at.items() if k != "wall_s"}
+    history = [{k: v for k, v in row.items() if k != "wall_s"} for row in search.history]
+    return {"genome": search.best_genome, "fitness": search.best_fitness, "history": history, "best_at": best_at,
+            "evaluations": search.evaluator.evaluations, "forward_tokens": search.evaluator.forward_tokens}
+
+
+# --- default mode on a synthetic objective -------------------------------------------------------------------
+
+def test_default_finds_constrained_optimum_and_never_gets_worse():
+    bowl = Bowl(EQUAL)
+    search = optimize(bowl, EQUAL, config(population=8, generations=60, fitness_windows=4))
+    assert np.abs(np.array(search.best_genome) - OPTIMUM).max() < 0.03
+    bests = [row["best"] for row in search.history]
+    assert all(later <= earlier for earlier, later in zip(bests, bests[1:]))
+    assert search.best_fitness <= bowl([0.5] * 8, 4)  # uniform is in the initial population
+
+
+@pytest.mark.parametrize("crossover", ["uniform", "blend", "none"])
+def test_every_evaluated_genome_meets_the_target_exactly(crossover):
+    bowl = Bowl(UNEQUAL)
+    optimize(bowl, UNEQUAL, config(population=6, generations=15, fitness_windows=2, crossover=crossover,
+                                   g_max=0.7))
+    for genome, _ in bowl.calls:
+        assert abs(weighted_mean(genome, UNEQUAL) - 0.5) < 1e-9
+        assert min(genome) >= 0.0 and max(genome) <= 0.7
+
+
+def test_projection_and_moves_keep_the_constraint():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        genome = project(rng.uniform(0, 1, 8), UNEQUAL, 0.5, 0.9)
+        assert abs(weighted_mean(genome, UNEQUAL) - 0.5) < 1e-12 and genome.min() >= 0 and genome.max() <= 0.9
+        moved = move_rates(genome, UNEQUAL, rng, 0.025, 5, 0.9)
+        assert abs(weighted_mean(moved, UNEQUAL) - 0.5) < 1e-12 and moved.min() >= 0 and moved.max() <= 0.9
+    lattice = [0.45, 0.55] * 4
+    assert project(lattice, EQUAL, 0.5, 0.9).tolist() == lattice  # already feasible: left on the lattice
+
+
+def test_multi_fidelity_promotes_few_and_counts_tokens_honestly():
+    bowl = Bowl(EQUAL)
+    search = optimize(bowl, EQUAL, config(population=4, generations=5, fitness_windows=4, low_windows=1,
+                                          promote=2, offspring=6))
+    full_calls = [n for _, n in bowl.calls].count(4)
+    assert full_calls <= 4 + 2 * 4  # the initial population, then at most `promote` per generation
+    assert search.evaluator.evaluations == len(bowl.calls)
+    assert search.evaluator.forward_tokens == sum(n for _, n in bowl.calls) * 1024
+
+
+def test_fitness_cache_never_evaluates_a_genome_twice():
+    bowl = Bowl(EQUAL)
+    evaluate = Evaluator(bowl, seq_len=1024, cache=True)
+    genome = [0.45, 0.55] * 4
+    first = evaluate(genome, 4)
+    assert evaluate([g + 1e-12 for g in genome], 4) == first  # floating-point noise is the same genome
+    assert len(bowl.calls) == 1 and evaluate.evaluations == 1
+    evaluate(genome, 1)  # another fidelity is another evaluation
+    assert len(bowl.calls) == 2
+
+    bowl = Bowl(EQUAL)
+    optimize(bowl, EQUAL, config(population=6, generations=20, fitness_windows=3))
+    keys = [(tuple(round(g, 9) for g in genome), n) for genome, n in bowl.calls]
+    assert len(keys) == len(set(keys))
+
+
+def test_same_seed_same_history_other_seed_other_history():
+    runs = [outcome(optimize(Bowl(EQUAL), EQUAL, config(population=6, generations=8, fitness_windows=2, seed=s)))
+            for s in (0, 0, 1)]
+    assert runs[0] == runs[1]
+    assert runs[0]["history"] != runs[2]["history"]
+
+
+@pytest.mark.parametrize("mode", ["default", "seed"])
+def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path, mode):
+    settings = config(mode, population=6, generations=8, fitness_windows=2)
+    uninterrupted = outcome(optimize(Bowl(EQUAL), EQUAL, settings, tmp_path / "whole"))
+
+    with pytest.raises(RuntimeError, match="killed"):
+        optimize(Bowl(EQUAL, fail_after=25), EQUAL, settings, tmp_path / "killed")
+    assert 0 < json.loads((tmp_path / "killed" / CHECKPOINT).read_text())["generation"] < 8  # died mid-run
+    resumed = outcome(optimize(Bowl(EQUAL), EQUAL, settings, tmp_path / "killed"))
+    assert resumed == uninterrupted
+
+    bowl = Bowl(EQUAL)
+    assert outcome(optimize(bowl, EQUAL, settings, tmp_path / "killed")) == uninterrupted
+    assert bowl.calls == []  # finished: nothing is recomputed
+
+
+def test_checkpoint_of_another_search_is_refused(tmp_path):
+    optimize(Bowl(EQUAL), EQUAL, config(population=4, generations=2, fitness_windows=1), tmp_path)
+    with pytest.raises(EvopruneError, match="--out"):
+        optimize(Bowl(EQUAL), EQUAL, config(population=4, generations=2, fitness_windows=1, seed=1), tmp_path)
+
+
+# --- seed mode: the published operators ----------------------------------------------------------------------
+
+def test_seed_offspring_follows_the_published_operators():
+    rng = np.random.default_rng(3)
+    population = np.clip(rng.uniform(-0.1, 1.0, (10, 12)), 0, 0.9).tolist()  # some genes sit on the bounds
+    fitness = rng.uniform(0, 100, 10).tolist()
+    for _ in range(20):
+        children = seed_offspring(population, fitness, rng)
+        elites = [population[i] for i in np.argsort(fitness)[:5]]
+        assert len(children) == 10 and children[:5] == elites
+        for child in children[5:]:
+            changed = [[abs(c - e) for c, e in zip(child, elite) if c != e] for elite in elites]
+            assert any(len(diff) <= 1 and all(d <= 0.1 for d in diff) for diff in changed)
+            assert min(child) >= 0.0 and max(child) <= 0.9
+    assert len(seed_offspring(population[:3], fitness[:3], rng)[:2]) == 2  # at least two elites
+
+
+def test_seed_mode_penalizes_below_tolerance_and_reevaluates_elites():
+    bowl = Bowl(EQUAL)
+    target, tolerance = 0.55, 0.05  # U(0.40, 0.60) genes: about half the individuals fall below 0.50
+    settings = search_config("synthetic", None, target, mode="seed", population=10, generations=6,
+                             fitness_windows=2, tolerance=tolerance)
+    search = optimize(bowl, EQUAL, settings)
+    assert all(weighted_mean(g, EQUAL) >= target - tolerance for g, _ in bowl.calls)
+    for genome, fit in zip(search.population, search.fitness):
+        assert (fit == PENALTY) == (weighted_mean(genome, EQUAL) < target - tolerance)
+    assert search.evaluator.evaluations == len(bowl.calls)
+    assert sum(g == search.best_genome for g, _ in bowl.calls) > 1  # no cache: elites are scored again
+    bests = [row["best"] for row in search.history]
+    assert all(later <= earlier for earlier, later in zip(bests, bests[1:]))
+
+
+# --- bad configurations --------------------------------------------------------------------------------------
+
+BAD = [
+    (["--target", "0"], "--target"),
+    (["--target", "1.2"], "--target"),
+    (["--target", "0.95"], "--target"),
+    (["--g-max", "0.4"], "--target"),
+    (["--population", "1"], "--population"),
+    (["--generations", "0"], "--generations"),
+    (["--mode", "fancy"], "--mode"),
+    (["--fitness", "mse"], "--fitness"),
+    (["--crossover", "twopoint"], "--crossover"),
+    (["--genes", "neuron"], "--genes"),
+    (["--criterion", "random"], "criterion"),
+    (["--dtype", "float16"], "dtype"),
+    (["--fitness-split", "test"], "--fitness-split validation"),
+    (["--mode", "seed", "--fitness", "kl"], "--fitness"),
+    (["--mode", "seed", "--crossover", "blend"], "--crossover"),
+    (["--tolerance", "0.1"], "--tolerance"),
+    (["--data", "/nonexistent/evoprune-data"], "data directory"),
+]
+
+
+@pytest.mark.parametrize("extra, named", BAD, ids=[" ".join(argv) for argv, _ in BAD])
+def test_bad_configuration_exits_2_and_writes_nothing(tmp_path, capsys, extra, named):
+    out = tmp_path / "out"
+    argv = ["search", "--model", "tiny-gpt2", "--target", "0.5", "--out", str(out), "--no-progress", *extra]
+    assert main(argv) == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_configuration_raises_in_the_python_api(tmp_path):
+    with pytest.raises(EvopruneError, match="--population"):
+        run_search("tiny-gpt2", None, 0.5, tmp_path / "out", population=1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_holding_something_else_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["search", "--model", "tiny-gpt2", "--target", "0.5", "--out", str(tmp_path)]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+# --- end to end on tiny-gpt2 ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def data_dir():
+    path = os.environ.get("EVOPRUNE_DATA_DIR")
+    if not path:
+        pytest.skip("set EVOPRUNE_DATA_DIR to a local WikiText-2 copy (e.g. ../shared/data) to run real searches")
+    return path
+
+
+def cli_search(data_dir, out, *extra):
+    return ["search", "--model", "tiny-gpt2", "--data", data_dir, "--target", "0.5", "--out", str(out),
+            "--population", "2", "--generations", "2", "--fitness-windows", "1", "--test-windows", "2",
+            "--no-progress", *extra]
+
+
+def test_search_end_to_end_through_the_cli(tmp_path, capsys, data_dir):
+    out = tmp_path / "run"
+    assert main(cli_search(data_dir, out)) == 0
+    result = json.loads((out / "result.json").read_text())
+    expected = {"mode", "criterion", "target", "genome", "block_sparsity", "model_sparsity", "fitness",
+                "fitness_kind", "fitness_split", "test_ppl", "seed_protocol_ppl", "uniform", "evaluations",
+                "forward_tokens", "wall_s", "best_found_at", "config", "provenance"}
+    assert expected <= set(result)
+    assert {"genome", "fitness", "test_ppl", "seed_protocol_ppl", "block_sparsity"} <= set(result["uniform"])
+    assert set(result["best_found_at"]) == {"generation", "evaluations", "forward_tokens", "wall_s"}
+    assert len(result["genome"]) == 12 and abs(np.mean(result["genome"]) - 0.5) < 1e-9
+    assert abs(result["block_sparsity"] - 0.5) < 1e-3  # counted zeros; each matrix rounds its own count
+    assert result["fitness"] <= result["uniform"]["fitness"]
+    assert result["fitness_split"] == "validation" and result["provenance"]["seed"] == 0
+    assert result["provenance"]["protocols"]["test_ppl"]["n_windows"] == 2
+    assert 1 < result["test_ppl"] < 1000 and 1 < result["seed_protocol_ppl"] < 1000
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == HISTORY_COLUMNS and [r["generation"] for r in rows] == ["0", "1"]
+    assert int(rows[-1]["evaluations"]) == result["evaluations"]
+
+    capsys.readouterr()
+    assert main(cli_search(data_dir, out)) == 0  # the same search again: read back, not recomputed
+    assert "not recomputed" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text()) == result
+    assert main(cli_search(data_dir, out, "--seed", "1")) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_seed_mode_end_to_end_on_validation(tmp_path, data_dir):
+    result = run_search("tiny-gpt2", data_dir, 0.5, tmp_path, mode="seed", population=3, generations=2,
+                        fitness_split="validation", fitness_windows=1, test_windows=1, progress=False)
+    assert result["fitness_split"] == "validation"
+    assert result["provenance"]["protocols"]["fitness"]["protocol"] == "study"
+    assert result["evaluations"] == 6  # elites re-evaluated, nothing cached
+    assert (tmp_path / "history.csv").is_file()
+
+
+def test_kl_fitness_is_zero_for_the_dense_model_and_grows_with_pruning(data_dir):
+    from evoprune.data import load_tokens
+    from evoprune.models import load_model
+    from evoprune.pruning import Pruner
+    from evoprune.search import ModelObjective
+
+    loaded = load_model("tiny-gpt2")
+    pruner = Pruner(loaded.model, genes_per_block=2)
+    tokens = load_tokens(loaded.tokenizer, data_dir, "validation")
+    settings = search_config("tiny-gpt2", data_dir, 0.5, fitness="kl", genes="group", fitness_windows=1)
+    objective = ModelObjective(loaded.model, pruner, tokens.ids, settings)
+    assert objective.setup_tokens == 1024
+    dense, light, heavy = (objective([rate] * 24, 1) for rate in (0.0, 0.3, 0.8))
+    assert abs(dense) < 1e-3 and dense < light < heavy
