@@ -69,3 +69,10 @@ def test_make_reproduce_unknown_profile_fails_clearly():
     from evoprune.results import ROOT
     run = subprocess.run(["make", "-s", "reproduce", "PROFILE=nonexistent"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0 and "unknown profile 'nonexistent'" in run.stderr
+
+
+def test_second_text_is_held_out_only(capsys):
+    code = main(["eval", "--model", "tiny-gpt2", "--data", "python-docs", "--seq-len", "256", "--max-windows", "1",
+                 "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["provenance"]["data"]["source"].startswith("python-docs")
+    assert main(["eval", "--model", "tiny-gpt2", "--data", "python-docs", "--split", "validation"]) == 2

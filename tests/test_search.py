@@ -274,3 +274,27 @@ def test_kl_fitness_is_zero_for_the_dense_model_and_grows_with_pruning(data_dir)
     assert objective.setup_tokens == 1024
     dense, light, heavy = (objective([rate] * 24, 1) for rate in (0.0, 0.3, 0.8))
     assert abs(dense) < 1e-3 and dense < light < heavy
+
+
+def test_removal_ga_finds_the_cheapest_blocks_and_keeps_k():
+    from evoprune.search import removal_search
+    cost = [5, 1, 7, 2, 9, 3, 8, 6, 4, 10, 11, 12]  # removing block b costs cost[b]; best k=3 set: {1, 3, 5}
+    seen = []
+
+    def objective(removed):
+        seen.append(removed)
+        return sum(cost[b] for b in removed)
+
+    result = removal_search(objective, 12, 3, population=12, generations=25, seed=0)
+    assert result["removed"] == [1, 3, 5]
+    assert all(len(set(r)) == 3 and list(r) == sorted(r) for r in seen)
+    assert len(seen) == len(set(seen)) == result["evaluations"]  # no set evaluated twice
+    bests = [h["best"] for h in result["history"]]
+    assert bests == sorted(bests, reverse=True)  # elitism: the best never gets worse
+
+
+@pytest.mark.parametrize("k", [0, 12, 13])
+def test_removal_ga_refuses_impossible_k(k):
+    from evoprune.search import removal_search
+    with pytest.raises(EvopruneError, match="between 1 and 11"):
+        removal_search(lambda r: 0.0, 12, k)

@@ -33,7 +33,7 @@ def parse_rates(text: str) -> float | list[float]:
     return float(values[0]) if len(values) == 1 else [float(v) for v in values]
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
     from evoprune.data import default_data
     p.add_argument("--model", default="gpt2", help="smollm2-135m, tiny-gpt2, a hub id (gpt2) or a local dir")
     p.add_argument("--data", default=default_data(),
@@ -41,7 +41,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", default="magnitude")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--dtype", default="float32", help="float32 (reported numbers) or bfloat16")
+    p.add_argument("--dtype", default=dtype, help=f"float32 or bfloat16 (default {dtype})")
 
 
 def cmd_eval(args) -> dict:

@@ -6,13 +6,18 @@ A local directory is laid out like ``../shared/data``::
     wikitext-2-raw/valid.txt   the raw validation split (used when present), else
     wikitext-2/valid.txt       the tokenized-release validation split (calibration and fitness)
 
-The data setting is ``--data`` / the ``data`` parameter: ``wikitext2`` for the hub, or a directory.
+The data setting is ``--data`` / the ``data`` parameter: ``wikitext2`` for the hub, or a directory;
+``python-docs`` is a second held-out text (standard-library docstrings) for generalization checks.
 Its default is ``$EVOPRUNE_DATA_DIR`` when set, else the hub.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import os
+import platform
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +27,12 @@ from evoprune import EvopruneError
 from evoprune.models import CACHE_DIR, hub_reachable, tokenizer_fingerprint
 
 HUB = "wikitext2"
+PYTHON_DOCS = "python-docs"  # a second, offline text for generalization checks (test split only)
+DOC_MODULES = ("argparse", "collections", "json", "csv", "datetime", "decimal", "email", "fractions", "functools",
+               "heapq", "http.client", "inspect", "itertools", "logging", "os", "pathlib", "pickle", "random", "re",
+               "shutil", "socket", "sqlite3", "statistics", "string", "subprocess", "tarfile", "textwrap",
+               "threading", "typing", "unittest", "urllib.request", "zipfile", "asyncio", "dataclasses", "enum",
+               "contextlib", "abc", "io", "time", "calendar")
 DATA_ENV = "EVOPRUNE_DATA_DIR"
 SPLITS = ("test", "validation")
 LOCAL_FILES = {"test": ("wikitext-2-raw/test.txt",),
@@ -70,9 +81,27 @@ def _hub_text(split: str) -> str:
     return "\n\n".join(rows)  # exactly as the Hugging Face perplexity guide joins the rows
 
 
+def python_docs_text() -> str:
+    """English technical prose that the fitness never sees: the docstrings (over 200 characters) of 40 standard
+    library modules and their public classes and functions. Fixed for a given Python version."""
+    parts = []
+    with warnings.catch_warnings():  # looking at typing.io and typing.re warns
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in DOC_MODULES:
+            module = importlib.import_module(name)
+            members = [v for k, v in sorted(vars(module).items()) if not k.startswith("_")
+                       and (inspect.isclass(v) or inspect.isfunction(v)) and getattr(v, "__module__", "") == name]
+            parts += [doc for doc in map(inspect.getdoc, [module, *members]) if doc and len(doc) > 200]
+    return "\n\n".join(parts)
+
+
 def read_text(data: str, split: str) -> tuple[str, str]:
     """Return (text, source description) for a split."""
     _check_split(split)
+    if data == PYTHON_DOCS:
+        if split != "test":
+            raise EvopruneError(f"{PYTHON_DOCS} is a held-out text: it has only a test split.")
+        return python_docs_text(), f"{PYTHON_DOCS}:python-{platform.python_version()}"
     if data == HUB:
         return _hub_text(split), "hub:wikitext-2-raw-v1"
     path = local_file(data, split)

@@ -25,6 +25,11 @@ PROTOCOLS = ("primary", "sliding", "study")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def exp_or_inf(x: float) -> float:
+    """exp that gives inf instead of raising for a wrecked model's huge mean loss."""
+    return math.exp(x) if x < 700 else math.inf
+
+
 @dataclass
 class Perplexity:
     ppl: float
@@ -61,7 +66,8 @@ def study_windows(ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, n: 
     return torch.stack([ids[s: s + seq_len] for s in chosen])
 
 
-def _autocast(model: nn.Module, dtype: torch.dtype):
+def autocast(model: nn.Module, dtype: torch.dtype):
+    """Run in ``dtype`` on a model stored in another dtype (bf16 fitness on the fp32 model)."""
     model_dtype = next(model.parameters()).dtype
     return nullcontext() if dtype == model_dtype else torch.autocast("cpu", dtype=dtype)
 
@@ -72,7 +78,7 @@ def token_nll(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.
 
     Logits are formed window by window from the final hidden states, so a batch never holds B x L x vocab.
     """
-    with _autocast(model, dtype):
+    with autocast(model, dtype):
         hidden = model.base_model(input_ids=batch).last_hidden_state
         head = model.get_output_embeddings()
         rows = [F.cross_entropy(head(h[:-1]).float(), x[1:], reduction="none") for h, x in zip(hidden, batch)]
@@ -91,12 +97,12 @@ def window_nll(model: nn.Module, wins: torch.Tensor, batch_size: int = 4, dtype:
 
 def primary(model, wins, batch_size=4, dtype=torch.float32, progress=False) -> Perplexity:
     nll = window_nll(model, wins, batch_size, dtype, progress).double()
-    return Perplexity(math.exp(nll.sum().item() / nll.numel()), len(wins), nll.numel(), "primary")
+    return Perplexity(exp_or_inf(nll.sum().item() / nll.numel()), len(wins), nll.numel(), "primary")
 
 
 def study(model, wins, batch_size=4, dtype=torch.float32, progress=False) -> Perplexity:
     nll = window_nll(model, wins, batch_size, dtype, progress).double()
-    return Perplexity(math.exp(nll.mean(dim=1).mean().item()), len(wins), nll.numel(), "study")
+    return Perplexity(exp_or_inf(nll.mean(dim=1).mean().item()), len(wins), nll.numel(), "study")
 
 
 def sliding(model, ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, dtype=torch.float32,
@@ -111,7 +117,7 @@ def sliding(model, ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, dt
         total, count, n_windows, prev_end = total + nll.sum().item(), count + nll.numel(), n_windows + 1, end
         if end == ids.numel():
             break
-    return Perplexity(math.exp(total / count), n_windows, count, "sliding")
+    return Perplexity(exp_or_inf(total / count), n_windows, count, "sliding")
 
 
 def measure(model, ids: torch.Tensor, protocol: str = "primary", seq_len: int = 1024,

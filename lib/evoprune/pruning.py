@@ -18,6 +18,7 @@ from evoprune import EvopruneError
 from evoprune.models import Matrix, blocks, prunable_matrices
 
 GROUPS = ("attention", "mlp")
+CALIBRATION_WINDOWS = 8  # validation windows whose activations calibrate Wanda and OWL
 
 
 # --- criteria: a score per weight in (out, in) layout, and whether scores compete within rows only ------------

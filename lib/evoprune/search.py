@@ -443,7 +443,7 @@ def write_history(path: Path, history: list[dict]) -> None:
 def token_log_probs(model: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Log-probabilities of every next-token distribution: shape (B, L-1, vocab), float32 (as
     ``perplexity.token_nll`` forms logits, from the final hidden states window by window)."""
-    with perplexity._autocast(model, dtype):
+    with perplexity.autocast(model, dtype):
         hidden = model.base_model(input_ids=batch).last_hidden_state
         head = model.get_output_embeddings()
         return torch.stack([F.log_softmax(head(h[:-1]).float(), dim=-1) for h in hidden])
@@ -551,7 +551,7 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
     """
     from evoprune import models
     from evoprune.data import HUB, load_tokens, local_file
-    from evoprune.pruning import Pruner
+    from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion
     from evoprune.results import provenance
 
     config = search_config(model, data, target, mode, criterion, population, generations, seed, fitness_split,
@@ -566,8 +566,12 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
             local_file(config["data"], split)
 
     loaded = models.load_model(model)  # float32: fitness autocasts to ``dtype``, reported numbers do not
-    pruner = Pruner(loaded.model, criterion, GENES[genes])
     fit_tokens = load_tokens(loaded.tokenizer, config["data"], config["fitness_split"])
+    calibration = None
+    if get_criterion(criterion).needs_calibration:
+        calibration = perplexity.windows(load_tokens(loaded.tokenizer, config["data"], "validation").ids,
+                                         config["seq_len"], CALIBRATION_WINDOWS)
+    pruner = Pruner(loaded.model, criterion, GENES[genes], calibration)
     test_tokens = load_tokens(loaded.tokenizer, config["data"], "test")
     objective = ModelObjective(loaded.model, pruner, fit_tokens.ids, config)
     search = optimize(objective, pruner.gene_sizes(), config, out, progress)
@@ -629,11 +633,11 @@ def cmd_search(args) -> dict:
                       progress=not args.no_progress, seq_len=args.seq_len, batch_size=args.batch_size, **options)
 
 
-def add_search_parser(sub, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_search_parser(sub, add_model_args: Callable[..., None]) -> None:
     p = sub.add_parser("search", help="evolutionary search for per-block pruning rates at a target sparsity",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    p.set_defaults(dtype="bfloat16", run=cmd_search)  # fitness dtype; reported numbers are always float32
+    add_model_args(p, dtype="bfloat16")  # the fitness dtype; reported numbers are always float32
+    p.set_defaults(run=cmd_search)
     p.add_argument("--target", type=float, required=True, help="parameter-weighted block sparsity, e.g. 0.5")
     p.add_argument("--out", required=True, help="directory for result.json, history.csv and the checkpoint")
     p.add_argument("--mode", default="default", help="seed (the published GA) or default")
@@ -648,3 +652,59 @@ def add_search_parser(sub, add_model_args: Callable[[argparse.ArgumentParser], N
     for name, (kind, text) in OPTION_HELP.items():
         p.add_argument(flag(name), type=kind, help=text)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# --- whole-block removal: a GA over sets of exactly k removed blocks ----------------------------------------
+
+def repair(genes: list[int], n_blocks: int, rng: np.random.Generator) -> tuple[int, ...]:
+    """Replace repeated blocks by random unused ones, so exactly len(genes) distinct blocks are removed."""
+    seen, fixed = set(), []
+    for g in genes:
+        if g in seen:
+            g = int(rng.choice(sorted(set(range(n_blocks)) - seen - set(genes))))
+        seen.add(g)
+        fixed.append(int(g))
+    return tuple(sorted(fixed))
+
+
+def removal_search(objective: Callable[[tuple[int, ...]], float], n_blocks: int, k: int, population: int = 16,
+                   generations: int = 20, seed: int = 0, crossover_prob: float = 0.5, mutation_prob: float = 0.2,
+                   gene_prob: float | None = None, tournament_size: int = 3) -> dict:
+    """The DEAP layer-removal GA: tournament selection, one-point crossover, uniform-integer mutation, each
+    individual a set of exactly ``k`` blocks to remove. The best individual ever seen is kept (elitism of one),
+    and no set is evaluated twice."""
+    if not 0 < k < n_blocks:
+        raise EvopruneError(f"k = {k} blocks to remove: it must be between 1 and {n_blocks - 1} (the depth minus one).")
+    if population < 2 or generations < 1:
+        raise EvopruneError("the removal GA needs a population of at least 2 and at least 1 generation.")
+    rng = np.random.default_rng(seed)
+    gene_prob = 1.0 / k if gene_prob is None else gene_prob
+    cache: dict[tuple[int, ...], float] = {}
+
+    def fitness(ind: tuple[int, ...]) -> float:
+        if ind not in cache:
+            cache[ind] = float(objective(ind))
+        return cache[ind]
+
+    pop = [tuple(sorted(int(b) for b in rng.choice(n_blocks, size=k, replace=False))) for _ in range(population)]
+    history = []
+    for generation in range(generations):
+        scores = [fitness(ind) for ind in pop]
+        best = min(range(len(pop)), key=lambda i: (scores[i], pop[i]))
+        history.append({"generation": generation, "best": scores[best], "mean": float(np.mean(scores)),
+                        "evaluations": len(cache)})
+        if generation == generations - 1:
+            break
+        parents = [list(pop[tournament(scores, rng, tournament_size)]) for _ in range(population)]
+        for a, b in zip(parents[::2], parents[1::2]):
+            if k > 1 and rng.random() < crossover_prob:
+                point = int(rng.integers(1, k))
+                a[point:], b[point:] = b[point:], a[point:]
+        for child in parents:
+            if rng.random() < mutation_prob:
+                for i in range(k):
+                    if rng.random() < gene_prob:
+                        child[i] = int(rng.integers(n_blocks))
+        pop = [pop[best]] + [repair(child, n_blocks, rng) for child in parents[:-1]]
+    best_ind = min(cache, key=lambda ind: (cache[ind], ind))
+    return {"removed": list(best_ind), "fitness": cache[best_ind], "evaluations": len(cache), "history": history}

@@ -1,0 +1,114 @@
+"""Figures for the notebooks. Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so
+plotting works headless and leaves no global figure state; ``save_figure`` writes it as a PNG."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+PROTOCOL_STYLES = {"test_ppl": ("primary protocol", "-o"), "seed_protocol_ppl": ("study protocol", "--s")}
+MODE_COLORS = {"seed": "tab:orange", "default": "tab:green"}
+STUDY_COLOR = "0.45"
+
+
+def _figure(width: float = 7.0, height: float = 4.2):
+    fig = Figure(figsize=(width, height), layout="constrained")
+    ax = fig.add_subplot()
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def mode_color(mode: str) -> str:
+    return MODE_COLORS.get(mode, "tab:purple")
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
+    """Write a PNG atomically: a reader never sees a half-written image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=dpi)
+    os.replace(tmp, path)
+    return path
+
+
+def _plot_uniform(ax, rows: list[dict], label_prefix: str = "uniform") -> None:
+    xs = [r["sparsity"] * 100 for r in rows]
+    for key, (protocol, style) in PROTOCOL_STYLES.items():
+        if all(key in r for r in rows):
+            ax.plot(xs, [r[key] for r in rows], style, color="tab:blue", ms=4, label=f"{label_prefix}, {protocol}",
+                    alpha=1.0 if key == "test_ppl" else 0.6)
+
+
+def uniform_curve(rows: list[dict], model: str = "") -> Figure:
+    """Test perplexity of uniform magnitude pruning against block sparsity: the study's cliff."""
+    fig, ax = _figure()
+    _plot_uniform(ax, rows)
+    ax.set(yscale="log", xlabel="block sparsity (%)", ylabel="test perplexity (log)",
+           title=f"Uniform magnitude pruning{f' of {model}' if model else ''}")
+    ax.legend()
+    return fig
+
+
+def sensitivity(rows: list[dict], model: str = "") -> Figure:
+    """Validation perplexity, relative to dense, with one block at a time pruned."""
+    fig, ax = _figure()
+    ax.bar([r["block"] for r in rows], [r["ppl_ratio"] for r in rows], color="tab:blue")
+    ax.axhline(1.0, color="k", lw=0.8)
+    rate = rows[0]["rate"] * 100
+    ax.set(xlabel="block pruned", ylabel="validation PPL / dense PPL",
+           title=f"Per-block sensitivity at {rate:.0f}% sparsity{f' ({model})' if model else ''}")
+    return fig
+
+
+def convergence(histories: dict[str, list[dict]]) -> Figure:
+    """Best (solid) and population-mean (dashed) fitness against forward tokens, one colour per search mode."""
+    fig, ax = _figure()
+    for mode, rows in histories.items():
+        tokens = [r["forward_tokens"] for r in rows]
+        ax.plot(tokens, [r["best"] for r in rows], "-", color=mode_color(mode), label=f"{mode}: best")
+        ax.plot(tokens, [r["mean"] for r in rows], "--", color=mode_color(mode), alpha=0.6, label=f"{mode}: mean")
+    ax.set(yscale="log", xlabel="forward tokens", ylabel="fitness (perplexity, log)", title="GA convergence")
+    ax.legend()
+    return fig
+
+
+def layer_profile(ga_genomes: dict[str, list[float]], uniform: float | None = None,
+                  study_genome: list[float] | None = None) -> Figure:
+    """Pruning rate per block of each GA result (keyed by mode), the study's published genome when given, and
+    ``uniform`` as a horizontal line."""
+    fig, ax = _figure()
+    for mode, genome in ga_genomes.items():
+        ax.plot(range(len(genome)), [g * 100 for g in genome], "-o", ms=4, color=mode_color(mode), label=f"GA {mode}")
+    if study_genome is not None:
+        ax.plot(range(len(study_genome)), [g * 100 for g in study_genome], ":x", color=STUDY_COLOR,
+                label="the study's published GA genome (GPT-2)")
+    if uniform is not None:
+        ax.axhline(uniform * 100, color="tab:blue", ls=":", label=f"uniform {uniform:.0%}")
+    ax.set(xlabel="block", ylabel="pruning rate (%)", title="Layer-wise pruning profile")
+    ax.legend()
+    return fig
+
+
+def figure1(uniform_rows: list[dict], ga_rows: list[dict], study: dict | None = None, model: str = "") -> Figure:
+    """Uniform curve, GA results as stars (filled: primary protocol, hollow: study protocol) and, for
+    reference, the study's published GPT-2 numbers."""
+    fig, ax = _figure(7.5, 4.8)
+    _plot_uniform(ax, uniform_rows, f"uniform{f' ({model})' if model else ''}")
+    for row in ga_rows:
+        x, color = row["block_sparsity"] * 100, mode_color(row["mode"])
+        ax.plot(x, row["test_ppl"], "*", ms=16, color=color, label=f"GA {row['mode']}, primary protocol")
+        ax.plot(x, row["seed_protocol_ppl"], "*", ms=16, mfc="none", color=color,
+                label=f"GA {row['mode']}, study protocol")
+    if study:
+        label = f"the study, published ({study['model']}, its protocol)"
+        points = [(0.0, study["dense_ppl"])] + [(u["sparsity"], u["ppl"]) for u in study["uniform"]]
+        ax.plot([p[0] * 100 for p in points], [p[1] for p in points], ":x", color=STUDY_COLOR,
+                label=f"{label}: uniform")
+        ga = study["ga"]
+        ax.plot(ga["block_sparsity"] * 100, ga["ppl"], "P", ms=10, color=STUDY_COLOR, label=f"{label}: GA")
+    ax.set(yscale="log", xlabel="block sparsity (%)", ylabel="test perplexity (log)",
+           title="Uniform vs evolutionary layer-wise pruning")
+    ax.legend(fontsize=7)
+    return fig

@@ -1,0 +1,154 @@
+"""Assemble ``summary.json`` and ``REPORT.md`` from the records the notebooks leave in ``reports/<profile>/``:
+``baseline.json`` (01), ``uniform_sweep.json`` (02), ``ga.json`` (03) and the runner's ``timings.json``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from evoprune import EvopruneError
+from evoprune.experiments import PROTOCOLS, REPORTED_DTYPE
+from evoprune.results import ReportPaths, markdown_table, read_json, study_published, validate_summary
+
+RECORDS = {"baseline": "01_baseline", "uniform_sweep": "02_uniform_sweep", "ga": "03_ga_search"}
+GA_FIELDS = ("mode", "criterion", "target", "block_sparsity", "genome", "fitness", "test_ppl", "seed_protocol_ppl",
+             "evaluations", "forward_tokens", "wall_s")
+STATUS = ((1.5, "near dense"), (4.0, "degraded"))  # PPL / dense PPL up to these bounds; above: collapsed
+
+
+def load_records(paths: ReportPaths) -> dict:
+    """The notebooks' records; a missing one is an error naming the notebook that writes it."""
+    records = {name: read_json(paths.require(paths.record(name), notebook)) for name, notebook in RECORDS.items()}
+    records["timings"] = read_json(paths.timings) if paths.timings.exists() else {}
+    return records
+
+
+def _test_windows(records: dict) -> dict:
+    """The test windows behind every reported number, which must agree across notebooks."""
+    seen = {(r["test_windows"], r["seed_protocol_windows"])
+            for r in [records["baseline"]["dense"], *records["uniform_sweep"]["rows"], *records["ga"]["rows"]]}
+    if len(seen) != 1:
+        raise EvopruneError(f"the notebooks measured test perplexity on different windows {sorted(seen)}: re-run "
+                            f"01_baseline, 02_uniform_sweep and 03_ga_search with the same test_windows.")
+    primary, study = seen.pop()
+    return {"primary": primary, "study": study}
+
+
+def build_summary(paths: ReportPaths, records: dict) -> dict:
+    baseline, sweep, ga = records["baseline"], records["uniform_sweep"], records["ga"]
+    prov = baseline["provenance"]
+    summary = {
+        "profile": paths.profile,
+        "model": baseline["model"],
+        "data": baseline["data"],
+        "protocol": {"reported_split": "test", "reported_dtype": REPORTED_DTYPE, "test_windows": _test_windows(records),
+                     **PROTOCOLS,
+                     "search": {r["mode"]: {"fitness_kind": r["fitness_kind"], "fitness_split": r["fitness_split"],
+                                            "dtype": r["config"].get("dtype")} for r in ga["rows"]}},
+        "provenance": {"weights_hash": baseline["weights_hash"], "git_commit": prov["git_commit"],
+                       "packages": prov["packages"], "python": prov["python"], "hardware": prov["hardware"],
+                       "seeds": {"search": ga["provenance"].get("seed"), "study_windows": 365},
+                       "budgets": {r["mode"]: r["config"] for r in ga["rows"]},
+                       "notebook_wall_s": {k: v["wall_s"] for k, v in records["timings"].items()},
+                       "recorded_at": {name: records[name]["provenance"]["recorded_at"] for name in RECORDS}},
+        "parameter_counts": baseline["parameter_counts"],
+        "dense": {k: baseline["dense"][k] for k in ("test_ppl", "seed_protocol_ppl")},
+        "uniform": [{k: r[k] for k in ("sparsity", "criterion", "block_sparsity", "test_ppl", "seed_protocol_ppl")}
+                    for r in sweep["rows"]],
+        "ga": [{k: r[k] for k in GA_FIELDS} for r in ga["rows"]],
+    }
+    return validate_summary(summary)
+
+
+def status(ppl: float, dense_ppl: float) -> str:
+    for bound, label in STATUS:
+        if ppl <= bound * dense_ppl:
+            return label
+    return "collapsed"
+
+
+def results_table(summary: dict, sparsities=(0.3, 0.4, 0.45, 0.5)) -> list[dict]:
+    """The study's table (Method | Target sparsity | Perplexity | Status), with both protocols; uniform rows
+    at the study's sparsities and at each GA target."""
+    dense = summary["dense"]
+    wanted = {round(s, 6) for s in sparsities} | {round(g["target"], 6) for g in summary["ga"]}
+
+    def row(method, target, r):
+        return {"Method": method, "Target sparsity": f"{target:.0%}", "Block sparsity": f"{r['block_sparsity']:.2%}",
+                "Perplexity (primary)": r["test_ppl"], "Perplexity (study protocol)": r["seed_protocol_ppl"],
+                "Status": status(r["test_ppl"], dense["test_ppl"])}
+
+    rows = [{**row("Dense", 0.0, {**dense, "block_sparsity": 0.0}), "Status": "baseline"}]
+    rows += [row("Uniform magnitude", u["sparsity"], u) for u in summary["uniform"]
+             if round(u["sparsity"], 6) in wanted]
+    rows += [row(f"GA ({g['mode']} mode)", g["target"], g) for g in summary["ga"]]
+    return rows
+
+
+def study_table() -> list[dict]:
+    study = study_published()
+    rows = [{"Method": "Dense", "Target sparsity": "0%", "Perplexity (study protocol)": study["dense_ppl"]}]
+    rows += [{"Method": "Uniform magnitude", "Target sparsity": f"{u['sparsity']:.0%}",
+              "Perplexity (study protocol)": u["ppl"]} for u in study["uniform"]]
+    ga = study["ga"]
+    rows.append({"Method": "GA", "Target sparsity": f"{ga['target']:.0%}", "Perplexity (study protocol)": ga["ppl"]})
+    return rows
+
+
+def _files(paths: ReportPaths, folder: Path, pattern: str) -> list[str]:
+    return [f"[{p.name}]({os.path.relpath(p, paths.reports)})" for p in sorted(folder.glob(pattern))]
+
+
+def render_report(paths: ReportPaths, summary: dict) -> str:
+    """REPORT.md: results, protocol and provenance, in words a reader can check."""
+    data, protocol, prov = summary["data"], summary["protocol"], summary["provenance"]
+    counts, windows = summary["parameter_counts"], protocol["test_windows"]
+    figures = "\n".join(f"![{p.stem}]({os.path.relpath(p, paths.reports)})"
+                        for p in sorted(paths.figures.glob("*.png")))
+    walls = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(prov["notebook_wall_s"].items())) or "not recorded"
+    packages = ", ".join(f"{k} {v}" for k, v in prov["packages"].items())
+    budgets = "\n".join(f"  - `{mode}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items())
+                        for mode, cfg in prov["budgets"].items())
+    searches = "\n".join(f"- `{mode}` search: fitness = {s['fitness_kind']} on the {s['fitness_split']} split, "
+                         f"{s['dtype']}" for mode, s in protocol["search"].items())
+    splits = "\n".join(f"  - {split}: `{data[split]['source']}`, sha256 `{data[split]['text_sha256']}`, "
+                       f"{data[split]['n_tokens']:,} tokens" for split in ("test", "validation") if split in data)
+    return f"""# evoprune report: profile `{summary['profile']}`
+
+Model `{summary['model']}` (weights hash `{prov['weights_hash']}`), {counts['n_blocks']} decoder blocks,
+{counts['prunable']:,} prunable of {counts['total']:,} parameters. Unstructured {summary['uniform'][0]['criterion']}
+pruning; every rate is a fraction of a block's prunable weights.
+
+## Results (test split, {protocol['reported_dtype']})
+
+{markdown_table(results_table(summary))}
+Status: perplexity (primary) up to {STATUS[0][0]}x dense is "{STATUS[0][1]}", up to {STATUS[1][0]}x "{STATUS[1][1]}",
+above that "collapsed". GA perplexities are measured on test windows the search never scored, except the study
+protocol's windows in `seed` mode, which are the windows that mode optimizes on (as in the study).
+
+For reference only, **the study's published numbers** (GPT-2 124M, its own protocol, GA scored on the windows it
+optimized on; not comparable one to one with the rows above):
+
+{markdown_table(study_table())}
+## Figures
+
+{figures}
+
+## Protocol
+
+- primary: {protocol['primary']}; {windows['primary']} windows.
+- study: {protocol['study']}; {windows['study']} windows.
+{searches}
+
+## Provenance
+
+- data setting `{data['setting']}`:
+{splits}
+- git commit `{prov['git_commit']}`; python {prov['python']}; {packages}
+- hardware: {prov['hardware']['cpu']} ({prov['hardware']['cores']} cores), GPU {prov['hardware']['cuda'] or 'none'}
+- seeds: search {prov['seeds']['search']}, study windows {prov['seeds']['study_windows']}
+- search budgets:
+{budgets}
+- notebook wall time: {walls}
+
+Tables: {', '.join(_files(paths, paths.tables, '*.md'))}. Machine-readable: [summary.json](summary.json).
+"""

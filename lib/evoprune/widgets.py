@@ -1,0 +1,239 @@
+"""An ipywidgets panel for exploring layer-wise pruning profiles by hand.
+
+One slider per gene, live sparsity labels, a bar chart of the profile, "rescale to target", presets, export of
+the genome as ``{"genome": [...]}`` (what ``python -m evoprune eval --rates file.json`` reads), and live
+perplexity on a small calibration slice, debounced so dragging a slider does not queue one evaluation per step.
+Everything runs without a browser: set a slider's ``.value`` or call a button's ``.click()``.
+"""
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+
+import ipywidgets as w
+import torch
+from matplotlib.figure import Figure
+
+from evoprune import perplexity
+from evoprune.pruning import Pruner
+from evoprune.search import project
+from evoprune.results import ReportPaths, read_json, study_published, write_json
+
+CUSTOM = "(custom)"
+
+
+def default_presets(n_genes: int, target: float, paths: ReportPaths | None = None) -> dict[str, list[float]]:
+    """Uniform at the target, the best genome of each finished search under ``paths``, and the study's
+    published genome when the model has as many genes as GPT-2 has blocks."""
+    presets = {f"uniform {target:.0%}": [target] * n_genes}
+    if paths is not None:
+        for result in sorted(paths.reports.glob("search/*/result.json")):
+            genome = read_json(result)["genome"]
+            if len(genome) == n_genes:
+                presets[f"GA best ({result.parent.name})"] = genome
+    study = study_published()["ga"]["genome"]
+    if len(study) == n_genes:
+        presets["the study's published GA (GPT-2)"] = study
+    return presets
+
+
+def gene_label(gene: int, genes_per_block: int) -> str:
+    return f"block {gene}" if genes_per_block == 1 else f"{gene // 2}.{('attn', 'mlp')[gene % 2]}"
+
+
+class Debouncer:
+    """Calls ``fn`` once ``delay_s`` after the last trigger; a delay of 0 calls it at once, in the caller's
+    thread (what tests use)."""
+
+    def __init__(self, delay_s: float, fn: Callable[[], None]):
+        self.delay_s, self.fn = delay_s, fn
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if self.delay_s <= 0:
+            self.fn()
+            return
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.delay_s, self.fn)
+            self._timer.daemon = True
+            self._timer.start()
+
+
+class PrunePanel:
+    """Sliders over a pruner's genes, with live labels, chart and calibration perplexity.
+
+    ``windows`` is a (n, seq_len) tensor of calibration token ids (keep it small: it is scored on every change).
+    The panel prunes ``model`` in place through ``pruner``; give it a model of its own.
+    """
+
+    def __init__(self, model: torch.nn.Module, windows: torch.Tensor, pruner: Pruner | None = None,
+                 presets: dict[str, list[float]] | None = None, target: float = 0.45, g_max: float = 0.9,
+                 debounce_s: float = 0.5, dtype: str = "bfloat16", batch_size: int = 4,
+                 export_path: str | Path = "genome.json", criterion: str = "magnitude"):
+        self.model, self.windows = model, windows
+        self.pruner = pruner or Pruner(model, criterion)
+        self.dtype, self.batch_size = perplexity.get_dtype(dtype), batch_size
+        self.sizes = self.pruner.gene_sizes()
+        self.params_ratio = sum(self.sizes) / sum(p.numel() for p in model.parameters())
+        self.presets = presets if presets is not None else default_presets(self.pruner.n_genes, target)
+        self.g_max = g_max
+        self._quiet_depth = 0
+        self._eval_lock = threading.Lock()
+
+        self.sliders = [w.FloatSlider(value=g, min=0.0, max=g_max, step=0.001, readout_format=".3f",
+                                      description=gene_label(i, self.pruner.genes_per_block), continuous_update=False)
+                        for i, g in enumerate(self.pruner.genome)]
+        self.target = w.FloatSlider(value=target, min=0.0, max=g_max, step=0.005, description="target",
+                                    readout_format=".3f")
+        self.rescale_button = w.Button(description="rescale to target", icon="compress")
+        self.preset_dropdown = w.Dropdown(options=[CUSTOM, *self.presets], value=CUSTOM, description="preset")
+        self.export_path = w.Text(value=str(export_path), description="export to")
+        self.export_button = w.Button(description="export genome", icon="download")
+        self.sparsity_label = w.Label()
+        self.ppl_label = w.Label(value="perplexity: not measured yet")
+        self.status_label = w.Label()
+        self.chart = w.Image(format="png")
+        self._figure, self._bars, self._target_line = self._build_chart()
+
+        for slider in self.sliders:
+            slider.observe(self._on_slider, names="value")
+        self.target.observe(lambda _: self._refresh_view(), names="value")
+        self.preset_dropdown.observe(self._on_preset, names="value")
+        self.rescale_button.on_click(lambda _: self.rescale())
+        self.export_button.on_click(lambda _: self.export())
+        self._schedule_perplexity = Debouncer(debounce_s, self.update_perplexity)
+        self._on_genome_change()
+
+    # --- state ---------------------------------------------------------------------------------------------
+
+    @property
+    def genome(self) -> list[float]:
+        return [float(s.value) for s in self.sliders]
+
+    @property
+    def busy(self) -> bool:
+        return self._eval_lock.locked()
+
+    def block_sparsity(self) -> float:
+        return self.pruner.target_sparsity(self.genome)
+
+    def model_sparsity(self) -> float:
+        return self.block_sparsity() * self.params_ratio
+
+    @contextmanager
+    def _quiet(self):
+        """Change several widgets without each change triggering an update."""
+        self._quiet_depth += 1
+        try:
+            yield
+        finally:
+            self._quiet_depth -= 1
+
+    def set_genome(self, genome: list[float]) -> None:
+        if len(genome) != len(self.sliders):
+            raise ValueError(f"genome has {len(genome)} rates, the panel has {len(self.sliders)} sliders")
+        with self._quiet():
+            for slider, g in zip(self.sliders, genome):
+                slider.value = min(max(float(g), 0.0), self.g_max)
+        self._on_genome_change()
+
+    # --- actions -------------------------------------------------------------------------------------------
+
+    def rescale(self) -> None:
+        """Shift every rate by the same amount, clipped to [0, g_max], so the weighted mean hits the target (the
+        search's projection: the differences between blocks are kept where no rate is clipped)."""
+        self.set_genome(project(self.genome, self.sizes, self.target.value, self.g_max).tolist())
+        self._mark_custom()
+
+    def export(self, path: str | Path | None = None) -> Path:
+        written = write_json(path or self.export_path.value, {"genome": self.genome})
+        self.status_label.value = f"exported to {written}"
+        return written
+
+    def update_perplexity(self) -> None:
+        """Score the calibration windows at the current genome; if the sliders moved meanwhile, score again."""
+        with self._eval_lock:
+            self.status_label.value = "computing perplexity..."
+            try:
+                while True:
+                    genome = self.genome
+                    self.pruner.apply(genome)
+                    ppl = perplexity.primary(self.model, self.windows, self.batch_size, self.dtype).ppl
+                    if genome == self.genome:
+                        break
+            except Exception as err:  # in a timer thread nobody sees the traceback: show it on the panel
+                self.status_label.value = f"perplexity failed: {err}"
+                raise
+            self.ppl_label.value = f"perplexity ({len(self.windows)} calibration windows): {ppl:.2f}"
+            self.status_label.value = ""
+
+    # --- widget callbacks ----------------------------------------------------------------------------------
+
+    def _on_slider(self, _change) -> None:
+        if self._quiet_depth == 0:
+            self._mark_custom()
+            self._on_genome_change()
+
+    def _on_preset(self, change) -> None:
+        if self._quiet_depth == 0 and change["new"] != CUSTOM:
+            self.set_genome(self.presets[change["new"]])
+
+    def _mark_custom(self) -> None:
+        with self._quiet():
+            self.preset_dropdown.value = CUSTOM
+
+    def _on_genome_change(self) -> None:
+        self._refresh_view()
+        self._schedule_perplexity()
+
+    def _refresh_view(self) -> None:
+        self.sparsity_label.value = (f"block sparsity {self.block_sparsity():.2%} (target {self.target.value:.2%})"
+                                     f" | whole-model sparsity {self.model_sparsity():.2%}")
+        for bar, g in zip(self._bars, self.genome):
+            bar.set_height(g * 100)
+        self._target_line.set_ydata([self.target.value * 100] * 2)
+        buf = io.BytesIO()
+        self._figure.savefig(buf, format="png", dpi=80)
+        self.chart.value = buf.getvalue()
+
+    # --- layout --------------------------------------------------------------------------------------------
+
+    def _build_chart(self):
+        fig = Figure(figsize=(6, 2.6), layout="constrained")
+        ax = fig.add_subplot()
+        bars = ax.bar(range(len(self.sliders)), [0.0] * len(self.sliders), color="tab:blue")
+        line = ax.axhline(0.0, color="tab:red", ls=":", label="target")
+        ax.set(ylim=(0, self.g_max * 100), xlabel="gene", ylabel="pruning rate (%)")
+        ax.legend(loc="upper left", fontsize=7)
+        return fig, bars, line
+
+    @cached_property
+    def widget(self) -> w.Widget:
+        grid = w.GridBox(self.sliders, layout=w.Layout(grid_template_columns="repeat(3, 1fr)"))
+        controls = w.HBox([self.target, self.rescale_button, self.preset_dropdown])
+        export = w.HBox([self.export_path, self.export_button])
+        return w.VBox([controls, grid, self.sparsity_label, w.HBox([self.ppl_label, self.status_label]),
+                       self.chart, export])
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def open_panel(model: str, data: str, paths: ReportPaths, target: float = 0.45, n_windows: int = 2,
+               seq_len: int = 256, dtype: str = "bfloat16", debounce_s: float = 0.5) -> PrunePanel:
+    """A panel on a fresh copy of ``model``, scored on the first validation windows, with the presets of the
+    profile's reports and export to ``reports/<profile>/panel_genome.json``."""
+    from evoprune.data import load_tokens
+    from evoprune.models import load_model
+    loaded = load_model(model)
+    windows = perplexity.windows(load_tokens(loaded.tokenizer, data, "validation").ids, seq_len, n_windows)
+    pruner = Pruner(loaded.model)
+    return PrunePanel(loaded.model, windows, pruner, default_presets(pruner.n_genes, target, paths), target,
+                      debounce_s=debounce_s, dtype=dtype, export_path=paths.reports / "panel_genome.json")

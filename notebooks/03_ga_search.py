@@ -1,0 +1,85 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · GA search
+# The evolutionary layer-wise search at `target` block sparsity, in `seed` mode (the study's protocol) and
+# `default` mode (fitness on validation windows). A finished search in `reports/<profile>/search/<mode>/` is
+# read back, not recomputed; an interrupted one resumes from its checkpoint.
+#
+# `run_search` reports each best genome's test perplexity under both protocols in float32 on `test_windows`
+# windows, the same measurement notebooks 01 and 02 make.
+#
+# Writes `search/<mode>/{result.json,history.csv}`, `ga.json`, `tables/ga_genomes`, `tables/convergence` and
+# `figures/<profile>/convergence.png`.
+
+# %% tags=["parameters"]
+profile = "smoke"
+model = "tiny-gpt2"
+data = None  # a directory (relative to the repository root), "wikitext2" (hub), or None for $EVOPRUNE_DATA_DIR
+criterion = "magnitude"
+test_windows = 1  # None: the whole test split (and the study protocol's 128 windows)
+target = 0.45
+modes = ["seed", "default"]
+population = 4  # None: each mode's default
+generations = 2  # None: each mode's default
+fitness_windows = 1  # None: each mode's default
+seed = 0
+dtype = "bfloat16"  # of the search's fitness evaluations
+
+# %%
+from IPython.display import Image, Markdown
+
+from evoprune import experiments, plots, results
+from evoprune.search import run_search
+
+paths = results.report_paths(profile)
+data_setting = results.resolve_data(data)
+print(f"reports: {paths.reports}")
+
+# %%
+searches = {mode: run_search(model, data_setting, target, paths.search(mode), mode=mode, criterion=criterion,
+                             population=population, generations=generations, seed=seed,
+                             fitness_windows=fitness_windows, test_windows=test_windows, dtype=dtype,
+                             progress=False)
+            for mode in modes}
+
+# %%
+ga = [experiments.ga_row(result) for result in searches.values()]
+results.write_json(paths.record("ga"), {
+    "rows": ga, "provenance": results.provenance(notebook="03_ga_search", model=model, data=data_setting,
+                                                 criterion=criterion, seed=seed, target=target,
+                                                 population=population, generations=generations,
+                                                 fitness_windows=fitness_windows, search_dtype=dtype,
+                                                 test_windows=test_windows)})
+Markdown(results.markdown_table(ga, ["mode", "block_sparsity", "fitness", "fitness_split", "test_ppl",
+                                     "seed_protocol_ppl", "evaluations", "forward_tokens", "wall_s"]))
+
+# %% [markdown]
+# ## Best genomes
+
+# %%
+genomes = experiments.genome_table(ga)
+results.write_table(genomes, paths.table("ga_genomes"))
+Markdown(results.markdown_table(genomes))
+
+# %% [markdown]
+# ## Convergence
+
+# %%
+histories = {mode: results.read_csv(paths.search(mode) / "history.csv") for mode in searches}
+results.write_table([{"mode": mode, **row} for mode, rows in histories.items() for row in rows],
+                    paths.table("convergence"))
+Image(plots.save_figure(plots.convergence(histories), paths.figure("convergence")))

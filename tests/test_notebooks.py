@@ -1,0 +1,161 @@
+"""The notebook runner and the four notebooks: the smoke profile end to end into a temporary output root, and
+the runner's errors for bad profiles, bad parameters and failing notebooks."""
+import json
+
+import matplotlib.image
+import pytest
+
+from evoprune import EvopruneError, notebook
+from evoprune.cli import main
+from evoprune.results import ROOT, read_json, report_paths, validate_summary
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+STEMS = ["01_baseline", "02_uniform_sweep", "03_ga_search", "04_analysis"]
+RECORDS = ["baseline.json", "uniform_sweep.json", "ga.json", "summary.json", "REPORT.md", "timings.json"]
+TABLES = ["parameter_counts", "dense", "sensitivity", "uniform_sweep", "ga_genomes", "convergence", "results"]
+FIGURES = ["sensitivity", "uniform_sweep", "convergence", "figure1", "figure2_layer_profile"]
+MODES = ["seed", "default"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_dir):
+    """All four notebooks under the smoke profile, run once for the module."""
+    root = tmp_path_factory.mktemp("out")
+    code = main(["notebook", "--profile", "smoke", "--output-root", str(root), *map(str, NOTEBOOKS)])
+    assert code == 0
+    return report_paths("smoke", root)
+
+
+def test_the_notebooks_are_the_four_expected():
+    assert [p.stem for p in NOTEBOOKS] == STEMS
+
+
+@pytest.mark.slow
+def test_smoke_profile_writes_every_artifact(smoke):
+    expected = ([smoke.reports / name for name in RECORDS]
+                + [smoke.executed / f"{stem}.ipynb" for stem in STEMS]
+                + [smoke.table(t).with_suffix(suffix) for t in TABLES for suffix in (".csv", ".md")]
+                + [smoke.search(m) / name for m in MODES for name in ("result.json", "history.csv")])
+    assert [str(p) for p in expected if not p.is_file()] == []
+    assert not list(smoke.executed.glob("*.failed.ipynb")) and not list(smoke.executed.glob("*.partial.ipynb"))
+
+
+@pytest.mark.slow
+def test_summary_validates_and_covers_both_modes(smoke):
+    summary = validate_summary(read_json(smoke.summary))
+    assert summary["profile"] == "smoke" and summary["model"] == "tiny-gpt2"
+    assert [g["mode"] for g in summary["ga"]] == MODES
+    assert [u["sparsity"] for u in summary["uniform"]][0] == 0.0
+    assert summary["data"]["test"]["text_sha256"] and summary["provenance"]["git_commit"]
+    assert set(summary["provenance"]["notebook_wall_s"]) >= {"01_baseline", "02_uniform_sweep", "03_ga_search"}
+
+
+@pytest.mark.slow
+def test_figures_are_non_empty_pngs(smoke):
+    for name in FIGURES:
+        path = smoke.figure(name)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert height > 100 and width > 100
+
+
+@pytest.mark.slow
+def test_report_spells_out_protocol_and_provenance(smoke):
+    report = smoke.report_md.read_text()
+    summary = read_json(smoke.summary)
+    for text in ("Method | Target sparsity", "study's published", summary["data"]["test"]["text_sha256"],
+                 summary["provenance"]["git_commit"], "primary:", "study:", "population=4"):
+        assert text in report, text
+
+
+@pytest.mark.slow
+def test_timings_hold_each_notebook_and_its_parameters(smoke):
+    timings = read_json(smoke.timings)
+    assert list(timings) == STEMS
+    assert timings["03_ga_search"]["parameters"]["population"] == 4
+    assert all(t["wall_s"] > 0 for t in timings.values())
+
+
+def test_unknown_profile_exits_nonzero_naming_the_profiles(capsys):
+    assert main(["notebook", "--profile", "nope", str(NOTEBOOKS[0])]) == 2
+    err = capsys.readouterr().err
+    assert "unknown profile 'nope'" in err and all(p in err for p in ("offline", "paper", "smoke"))
+
+
+def test_unknown_parameter_exits_nonzero_naming_the_valid_ones(capsys):
+    assert main(["notebook", "--profile", "smoke", "--set", "populaton=3", str(NOTEBOOKS[2])]) == 2
+    err = capsys.readouterr().err
+    assert "'populaton'" in err and "population" in err and "generations" in err
+
+
+def test_unknown_section_key_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "bad.yaml").write_text("profile: bad\nmodel: tiny-gpt2\n01_baseline:\n  sensitivity_windos: 2\n")
+    monkeypatch.setattr(notebook, "PARAMS_DIR", tmp_path)
+    with pytest.raises(EvopruneError, match="'sensitivity_windos' is not a parameter of 01_baseline.py; valid: "):
+        notebook.notebook_parameters("bad", NOTEBOOKS[0])
+
+
+def test_profile_merges_shared_keys_section_and_overrides():
+    params = notebook.notebook_parameters("offline", NOTEBOOKS[2], {"population": 3, "sensitivity_rate": 0.2})
+    assert params["model"] == "smollm2-135m" and params["data"] == "../shared/data"
+    assert params["population"] == 3 and "sensitivity_rate" not in params  # declared by 01 only
+    assert params["profile"] == "offline"
+
+
+def test_every_profile_fits_every_notebook():
+    for profile in notebook.available_profiles():
+        for path in NOTEBOOKS:
+            assert notebook.notebook_parameters(profile, path)["profile"] == profile
+
+
+def test_parameters_cell_takes_literals_only(tmp_path):
+    path = tmp_path / "01_x.py"
+    path.write_text('# %% tags=["parameters"]\nn = 2\nm = n + 1\n')
+    with pytest.raises(EvopruneError, match="line 2 of the parameters cell"):
+        notebook.declared_parameters(notebook.read_notebook(path), path)
+
+
+@pytest.mark.slow
+def test_a_failing_notebook_leaves_no_complete_output(tmp_path, monkeypatch):
+    (tmp_path / "t.yaml").write_text("profile: t\n")
+    monkeypatch.setattr(notebook, "PARAMS_DIR", tmp_path)
+    source = tmp_path / "nb" / "01_fails.py"
+    source.parent.mkdir()
+    source.write_text('# %% tags=["parameters"]\nprofile = "x"\n\n# %%\nraise RuntimeError("boom")\n')
+    paths = report_paths("t", tmp_path / "out")
+    paths.executed.mkdir(parents=True)
+    (paths.executed / "01_fails.ipynb").write_text("{}")  # a stale success from an earlier run
+    with pytest.raises(EvopruneError, match="01_fails failed .*RuntimeError: boom"):
+        notebook.run_notebook(source, "t", paths.root)
+    assert sorted(p.name for p in paths.executed.iterdir()) == ["01_fails.failed.ipynb"]
+    assert not paths.timings.exists()
+    assert "boom" in json.dumps(json.loads((paths.executed / "01_fails.failed.ipynb").read_text()))
+
+
+def minimal_summary():
+    ga = {"mode": "seed", "criterion": "magnitude", "target": 0.45, "block_sparsity": 0.45, "genome": [0.4, 0.5],
+          "fitness": 120.0, "test_ppl": 130.0, "seed_protocol_ppl": 118.0, "evaluations": 10, "forward_tokens": 4096,
+          "wall_s": 1.5}
+    return {"profile": "p", "model": "m", "data": {"setting": "d"}, "protocol": {"primary": "..."},
+            "provenance": {"git_commit": "abc"}, "dense": {"test_ppl": 30.0, "seed_protocol_ppl": 31.0},
+            "uniform": [{"sparsity": 0.45, "criterion": "magnitude", "test_ppl": 250.0}], "ga": [ga]}
+
+
+def test_validate_summary_accepts_the_schema_and_extra_keys():
+    summary = {**minimal_summary(), "parameter_counts": {"total": 1}}
+    assert validate_summary(summary) is summary
+
+
+def test_validate_summary_lists_every_problem():
+    summary = minimal_summary()
+    del summary["model"]
+    summary["dense"]["test_ppl"] = float("nan")
+    summary["ga"][0]["genome"] = [0.5, 1.5]
+    summary["ga"][0]["evaluations"] = -1
+    summary["uniform"] = []
+    with pytest.raises(EvopruneError) as err:
+        validate_summary(summary)
+    message = str(err.value)
+    for where in ("summary.model is missing", "summary.dense.test_ppl", "summary.ga[0].genome",
+                  "summary.ga[0].evaluations", "summary.uniform must be a non-empty list"):
+        assert where in message, where

@@ -1,0 +1,122 @@
+"""The pruning panel, driven without a browser: set slider values, click buttons, read labels (tiny-gpt2)."""
+import time
+
+import pytest
+import torch
+
+from evoprune import perplexity
+from evoprune.cli import parse_rates
+from evoprune.results import report_paths, study_published, write_json
+from evoprune.widgets import CUSTOM, Debouncer, PrunePanel, default_presets
+
+
+@pytest.fixture
+def calibration():
+    return torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def panel(tiny, calibration, tmp_path):
+    return PrunePanel(tiny.model, calibration, debounce_s=0, export_path=tmp_path / "genome.json")
+
+
+def test_one_slider_per_block(panel):
+    assert len(panel.sliders) == 12
+    assert all(s.min == 0 and s.max == pytest.approx(0.9) for s in panel.sliders)
+    assert panel.genome == [0.0] * 12
+
+
+def test_sparsity_labels_follow_the_sliders(panel):
+    assert "block sparsity 0.00%" in panel.sparsity_label.value
+    panel.sliders[0].value = 0.9  # blocks of tiny-gpt2 have equal sizes: 0.9 / 12 = 7.5%
+    assert "block sparsity 7.50%" in panel.sparsity_label.value
+    assert f"whole-model sparsity {0.075 * panel.params_ratio:.2%}" in panel.sparsity_label.value
+    assert 0 < panel.model_sparsity() < panel.block_sparsity()
+
+
+def test_rescale_hits_the_target_and_keeps_the_differences(panel):
+    start = [0.1 + 0.02 * i for i in range(12)]
+    for slider, g in zip(panel.sliders, start):
+        slider.value = g
+    panel.target.value = 0.45
+    panel.rescale_button.click()
+    assert panel.block_sparsity() == pytest.approx(0.45, abs=1e-6)
+    assert "block sparsity 45.00%" in panel.sparsity_label.value
+    shifts = [g - s for g, s in zip(panel.genome, start)]
+    assert max(shifts) == pytest.approx(min(shifts))
+
+
+def test_rescale_clips_at_the_maximum_rate(panel):
+    panel.set_genome([0.9] + [0.1] * 11)
+    panel.target.value = 0.8
+    panel.rescale_button.click()
+    assert max(panel.genome) == pytest.approx(0.9) and panel.block_sparsity() == pytest.approx(0.8, abs=1e-6)
+
+
+def test_perplexity_label_updates_and_matches_a_direct_measurement(panel, tiny, calibration):
+    dense_label = panel.ppl_label.value
+    assert "calibration windows" in dense_label and not panel.busy
+    panel.sliders[3].value = 0.8
+    assert panel.ppl_label.value != dense_label
+    expected = perplexity.primary(tiny.model, calibration, dtype=torch.bfloat16).ppl  # the model is pruned now
+    assert f"{expected:.2f}" in panel.ppl_label.value
+    assert panel.status_label.value == ""
+
+
+def test_chart_follows_the_sliders(panel):
+    before = bytes(panel.chart.value)
+    assert before.startswith(b"\x89PNG")
+    panel.sliders[5].value = 0.6
+    assert bytes(panel.chart.value) != before
+    assert panel._bars[5].get_height() == pytest.approx(60)
+
+
+def test_export_round_trips_through_parse_rates(panel, tmp_path):
+    for i, slider in enumerate(panel.sliders):
+        slider.value = 0.05 * (i % 7)
+    panel.export_button.click()
+    assert parse_rates(str(tmp_path / "genome.json")) == pytest.approx(panel.genome)
+    assert "exported" in panel.status_label.value
+
+
+def test_presets_set_the_sliders(tiny, calibration, tmp_path):
+    paths = report_paths("t", tmp_path)
+    ga = [0.3 + 0.02 * i for i in range(12)]
+    write_json(paths.search("default") / "result.json", {"genome": ga})
+    presets = default_presets(12, 0.45, paths)
+    assert list(presets) == ["uniform 45%", "GA best (default)", "the study's published GA (GPT-2)"]
+    panel = PrunePanel(tiny.model, calibration, presets=presets, debounce_s=0)
+    panel.preset_dropdown.value = "the study's published GA (GPT-2)"
+    assert panel.genome == pytest.approx(study_published()["ga"]["genome"])
+    panel.preset_dropdown.value = "GA best (default)"
+    assert panel.genome == pytest.approx(ga)
+    panel.sliders[0].value = 0.0  # a hand edit is no preset any more
+    assert panel.preset_dropdown.value == CUSTOM
+
+
+def test_study_preset_needs_twelve_genes():
+    assert list(default_presets(30, 0.5)) == ["uniform 50%"]
+
+
+def test_debounce_coalesces_triggers():
+    calls = []
+    immediate = Debouncer(0, lambda: calls.append("now"))
+    immediate()
+    assert calls == ["now"]
+    delayed = Debouncer(0.05, lambda: calls.append("later"))
+    for _ in range(5):
+        delayed()
+    assert calls == ["now"]
+    time.sleep(0.3)
+    assert calls == ["now", "later"]
+
+
+def test_debounced_panel_measures_in_the_background(tiny, calibration):
+    panel = PrunePanel(tiny.model, calibration, debounce_s=0.2)
+    panel.sliders[0].value = 0.9
+    assert panel.pruner.genome[0] == 0.0  # nothing measured yet: the change only scheduled a measurement
+    deadline = time.time() + 30
+    while (panel.busy or panel.pruner.genome != panel.genome) and time.time() < deadline:
+        time.sleep(0.05)
+    assert panel.pruner.genome == pytest.approx(panel.genome)
+    assert "calibration windows" in panel.ppl_label.value
