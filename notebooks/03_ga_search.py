@@ -15,14 +15,15 @@
 
 # %% [markdown]
 # # 03 · GA search
-# The evolutionary layer-wise search at `target` block sparsity, in `seed` mode (the study's protocol) and
-# `default` mode (fitness on validation windows). A finished search in `reports/<profile>/search/<mode>/` is
-# read back, not recomputed; an interrupted one resumes from its checkpoint.
+# The evolutionary layer-wise search, once per entry of `runs`: the published GA (`seed` mode: penalty below
+# target - tolerance, one-gene mutations, elites re-scored) and the careful optimizer (`default` mode: exact
+# target, fitness on validation, cached, multi-fidelity). Each run has its own budget. A finished search in
+# `reports/<profile>/search/<run>/` is read back, not recomputed; an interrupted one resumes from its checkpoint.
 #
 # `run_search` reports each best genome's test perplexity under both protocols in float32 on `test_windows`
 # windows, the same measurement notebooks 01 and 02 make.
 #
-# Writes `search/<mode>/{result.json,history.csv}`, `ga.json`, `tables/ga_genomes`, `tables/convergence` and
+# Writes `search/<run>/{result.json,history.csv}`, `ga.json`, `tables/ga_genomes`, `tables/convergence` and
 # `figures/<profile>/convergence.png`.
 
 # %% tags=["parameters"]
@@ -31,11 +32,11 @@ model = "tiny-gpt2"
 data = None  # a directory (relative to the repository root), "wikitext2" (hub), or None for $EVOPRUNE_DATA_DIR
 criterion = "magnitude"
 test_windows = 1  # None: the whole test split (and the study protocol's 128 windows)
-target = 0.45
-modes = ["seed", "default"]
-population = 4  # None: each mode's default
-generations = 2  # None: each mode's default
-fitness_windows = 1  # None: each mode's default
+runs = {  # run name -> run_search arguments; "target" is the sparsity (seed mode: penalty below target - 0.05)
+    "seed": {"mode": "seed", "target": 0.5, "fitness_split": "validation", "population": 4, "generations": 2,
+             "fitness_windows": 1},
+    "default": {"mode": "default", "target": 0.45, "population": 4, "generations": 2, "fitness_windows": 1},
+}
 seed = 0
 dtype = "bfloat16"  # of the search's fitness evaluations
 
@@ -50,21 +51,17 @@ data_setting = results.resolve_data(data)
 print(f"reports: {paths.reports}")
 
 # %%
-searches = {mode: run_search(model, data_setting, target, paths.search(mode), mode=mode, criterion=criterion,
-                             population=population, generations=generations, seed=seed,
-                             fitness_windows=fitness_windows, test_windows=test_windows, dtype=dtype,
-                             progress=False)
-            for mode in modes}
+searches = {name: run_search(model, data_setting, out=paths.search(name), criterion=criterion, seed=seed,
+                             test_windows=test_windows, dtype=dtype, progress=False, **run)
+            for name, run in runs.items()}
 
 # %%
-ga = [experiments.ga_row(result) for result in searches.values()]
+ga = [experiments.ga_row(result, name) for name, result in searches.items()]
 results.write_json(paths.record("ga"), {
     "rows": ga, "provenance": results.provenance(notebook="03_ga_search", model=model, data=data_setting,
-                                                 criterion=criterion, seed=seed, target=target,
-                                                 population=population, generations=generations,
-                                                 fitness_windows=fitness_windows, search_dtype=dtype,
-                                                 test_windows=test_windows)})
-Markdown(results.markdown_table(ga, ["mode", "block_sparsity", "fitness", "fitness_split", "test_ppl",
+                                                 criterion=criterion, seed=seed, runs=runs,
+                                                 search_dtype=dtype, test_windows=test_windows)})
+Markdown(results.markdown_table(ga, ["run", "mode", "block_sparsity", "fitness", "fitness_split", "test_ppl",
                                      "seed_protocol_ppl", "evaluations", "forward_tokens", "wall_s"]))
 
 # %% [markdown]

@@ -52,7 +52,7 @@ Image(plots.save_figure(plots.figure1(summary["uniform"], summary["ga"], study, 
 # %%
 n_genes = len(summary["ga"][0]["genome"])
 Image(plots.save_figure(
-    plots.layer_profile({g["mode"]: g["genome"] for g in summary["ga"]}, summary["ga"][0]["target"],
+    plots.layer_profile({g["run"]: g["genome"] for g in summary["ga"]}, summary["ga"][0]["min_sparsity"],
                         study["ga"]["genome"] if n_genes == len(study["ga"]["genome"]) else None),
     paths.figure("figure2_layer_profile")))
 
@@ -77,6 +77,6 @@ print(f"wrote {paths.summary} and {paths.report_md}")
 # %%
 if interactive:
     from evoprune.widgets import open_panel
-    panel = open_panel(model, results.resolve_data(data), paths, summary["ga"][0]["target"], panel_windows,
+    panel = open_panel(model, results.resolve_data(data), paths, summary["ga"][0]["min_sparsity"], panel_windows,
                        panel_seq_len, dtype)
     display(panel.widget)

@@ -44,7 +44,7 @@ def test_smoke_profile_writes_every_artifact(smoke):
 def test_summary_validates_and_covers_both_modes(smoke):
     summary = validate_summary(read_json(smoke.summary))
     assert summary["profile"] == "smoke" and summary["model"] == "tiny-gpt2"
-    assert [g["mode"] for g in summary["ga"]] == MODES
+    assert [g["mode"] for g in summary["ga"]] == MODES and [g["run"] for g in summary["ga"]] == MODES
     assert [u["sparsity"] for u in summary["uniform"]][0] == 0.0
     assert summary["data"]["test"]["text_sha256"] and summary["provenance"]["git_commit"]
     assert set(summary["provenance"]["notebook_wall_s"]) >= {"01_baseline", "02_uniform_sweep", "03_ga_search"}
@@ -64,7 +64,7 @@ def test_report_spells_out_protocol_and_provenance(smoke):
     report = smoke.report_md.read_text()
     summary = read_json(smoke.summary)
     for text in ("Method | Target sparsity", "study's published", summary["data"]["test"]["text_sha256"],
-                 summary["provenance"]["git_commit"], "primary:", "study:", "population=4"):
+                 summary["provenance"]["git_commit"], "primary:", "study:", "population=3"):
         assert text in report, text
 
 
@@ -72,7 +72,7 @@ def test_report_spells_out_protocol_and_provenance(smoke):
 def test_timings_hold_each_notebook_and_its_parameters(smoke):
     timings = read_json(smoke.timings)
     assert list(timings) == STEMS
-    assert timings["03_ga_search"]["parameters"]["population"] == 4
+    assert timings["03_ga_search"]["parameters"]["runs"]["default"]["population"] == 3
     assert all(t["wall_s"] > 0 for t in timings.values())
 
 
@@ -83,9 +83,9 @@ def test_unknown_profile_exits_nonzero_naming_the_profiles(capsys):
 
 
 def test_unknown_parameter_exits_nonzero_naming_the_valid_ones(capsys):
-    assert main(["notebook", "--profile", "smoke", "--set", "populaton=3", str(NOTEBOOKS[2])]) == 2
+    assert main(["notebook", "--profile", "smoke", "--set", "run=3", str(NOTEBOOKS[2])]) == 2
     err = capsys.readouterr().err
-    assert "'populaton'" in err and "population" in err and "generations" in err
+    assert "'run'" in err and "runs" in err and "test_windows" in err
 
 
 def test_unknown_section_key_is_an_error(tmp_path, monkeypatch):
@@ -96,9 +96,10 @@ def test_unknown_section_key_is_an_error(tmp_path, monkeypatch):
 
 
 def test_profile_merges_shared_keys_section_and_overrides():
-    params = notebook.notebook_parameters("offline", NOTEBOOKS[2], {"population": 3, "sensitivity_rate": 0.2})
+    params = notebook.notebook_parameters("offline", NOTEBOOKS[2], {"seed": 3, "sensitivity_rate": 0.2})
     assert params["model"] == "smollm2-135m" and params["data"] == "../shared/data"
-    assert params["population"] == 3 and "sensitivity_rate" not in params  # declared by 01 only
+    assert params["seed"] == 3 and "sensitivity_rate" not in params  # declared by 01 only
+    assert params["runs"]["default"]["mode"] == "default"
     assert params["profile"] == "offline"
 
 

@@ -119,18 +119,24 @@ SEARCH_FIELDS = ("mode", "criterion", "target", "genome", "block_sparsity", "mod
                  "wall_s", "best_found_at", "config")
 
 
-def ga_row(result: dict) -> dict:
-    """What the reports need of a ``run_search`` result. Its test numbers are already float32 on the test split
-    under both protocols (``search.measure_test``), so they are used as they are, with the windows they used."""
+def ga_row(result: dict, run: str) -> dict:
+    """What the reports need of a ``run_search`` result, named ``run``. Its test numbers are already float32 on the
+    test split under both protocols (``search.measure_test``), so they are used as they are, with their windows."""
     protocols = result["provenance"]["protocols"]
-    return {**{k: result[k] for k in SEARCH_FIELDS},
+    return {"run": run, **{k: result[k] for k in SEARCH_FIELDS},
+            "min_sparsity": min_sparsity(result["config"]),
             "test_windows": protocols["test_ppl"]["n_windows"],
             "seed_protocol_windows": protocols["seed_protocol_ppl"]["n_windows"],
             "uniform_at_target": {k: result["uniform"][k] for k in ("fitness", "test_ppl", "seed_protocol_ppl")}}
 
 
 def genome_table(results: list[dict]) -> list[dict]:
-    """One row per gene: the target (uniform) rate and each search's best rate."""
+    """One row per gene: each search's best rate."""
     n_genes = len(results[0]["genome"])
-    return [{"gene": i, "uniform": results[0]["target"], **{f"GA {r['mode']}": r["genome"][i] for r in results}}
-            for i in range(n_genes)]
+    return [{"gene": i, **{f"GA {r['run']}": r["genome"][i] for r in results}} for i in range(n_genes)]
+
+
+def min_sparsity(config: dict) -> float:
+    """The sparsity a search guarantees: exactly its target in default mode; in seed mode (a penalty below
+    target - tolerance, no upper bound, as published) at least target - tolerance."""
+    return round(config["target"] - config.get("tolerance", 0.0), 6) if config["mode"] == "seed" else config["target"]

@@ -97,10 +97,10 @@ def figure1(uniform_rows: list[dict], ga_rows: list[dict], study: dict | None = 
     fig, ax = _figure(7.5, 4.8)
     _plot_uniform(ax, uniform_rows, f"uniform{f' ({model})' if model else ''}")
     for row in ga_rows:
-        x, color = row["block_sparsity"] * 100, mode_color(row["mode"])
-        ax.plot(x, row["test_ppl"], "*", ms=16, color=color, label=f"GA {row['mode']}, primary protocol")
+        x, color = row["block_sparsity"] * 100, mode_color(row["run"])
+        ax.plot(x, row["test_ppl"], "*", ms=16, color=color, label=f"GA {row['run']}, primary protocol")
         ax.plot(x, row["seed_protocol_ppl"], "*", ms=16, mfc="none", color=color,
-                label=f"GA {row['mode']}, study protocol")
+                label=f"GA {row['run']}, study protocol")
     if study:
         label = f"the study, published ({study['model']}, its protocol)"
         points = [(0.0, study["dense_ppl"])] + [(u["sparsity"], u["ppl"]) for u in study["uniform"]]

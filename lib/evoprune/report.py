@@ -10,7 +10,7 @@ from evoprune.experiments import PROTOCOLS, REPORTED_DTYPE
 from evoprune.results import ReportPaths, markdown_table, read_json, study_published, validate_summary
 
 RECORDS = {"baseline": "01_baseline", "uniform_sweep": "02_uniform_sweep", "ga": "03_ga_search"}
-GA_FIELDS = ("mode", "criterion", "target", "block_sparsity", "genome", "fitness", "test_ppl", "seed_protocol_ppl",
+GA_FIELDS = ("run", "mode", "fitness_split", "min_sparsity", "criterion", "target", "block_sparsity", "genome", "fitness", "test_ppl", "seed_protocol_ppl",
              "evaluations", "forward_tokens", "wall_s")
 STATUS = ((1.5, "near dense"), (4.0, "degraded"))  # PPL / dense PPL up to these bounds; above: collapsed
 
@@ -42,12 +42,12 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
         "data": baseline["data"],
         "protocol": {"reported_split": "test", "reported_dtype": REPORTED_DTYPE, "test_windows": _test_windows(records),
                      **PROTOCOLS,
-                     "search": {r["mode"]: {"fitness_kind": r["fitness_kind"], "fitness_split": r["fitness_split"],
+                     "search": {r["run"]: {"fitness_kind": r["fitness_kind"], "fitness_split": r["fitness_split"],
                                             "dtype": r["config"].get("dtype")} for r in ga["rows"]}},
         "provenance": {"weights_hash": baseline["weights_hash"], "git_commit": prov["git_commit"],
                        "packages": prov["packages"], "python": prov["python"], "hardware": prov["hardware"],
                        "seeds": {"search": ga["provenance"].get("seed"), "study_windows": 365},
-                       "budgets": {r["mode"]: r["config"] for r in ga["rows"]},
+                       "budgets": {r["run"]: r["config"] for r in ga["rows"]},
                        "notebook_wall_s": {k: v["wall_s"] for k, v in records["timings"].items()},
                        "recorded_at": {name: records[name]["provenance"]["recorded_at"] for name in RECORDS}},
         "parameter_counts": baseline["parameter_counts"],
@@ -70,18 +70,24 @@ def results_table(summary: dict, sparsities=(0.3, 0.4, 0.45, 0.5)) -> list[dict]
     """The study's table (Method | Target sparsity | Perplexity | Status), with both protocols; uniform rows
     at the study's sparsities and at each GA target."""
     dense = summary["dense"]
-    wanted = {round(s, 6) for s in sparsities} | {round(g["target"], 6) for g in summary["ga"]}
+    wanted = {round(s, 6) for s in sparsities} | {round(g["min_sparsity"], 6) for g in summary["ga"]}
 
     def row(method, target, r):
-        return {"Method": method, "Target sparsity": f"{target:.0%}", "Block sparsity": f"{r['block_sparsity']:.2%}",
+        return {"Method": method, "Target sparsity": target if isinstance(target, str) else f"{target:.0%}", "Block sparsity": f"{r['block_sparsity']:.2%}",
                 "Perplexity (primary)": r["test_ppl"], "Perplexity (study protocol)": r["seed_protocol_ppl"],
                 "Status": status(r["test_ppl"], dense["test_ppl"])}
 
     rows = [{**row("Dense", 0.0, {**dense, "block_sparsity": 0.0}), "Status": "baseline"}]
     rows += [row("Uniform magnitude", u["sparsity"], u) for u in summary["uniform"]
              if round(u["sparsity"], 6) in wanted]
-    rows += [row(f"GA ({g['mode']} mode)", g["target"], g) for g in summary["ga"]]
+    rows += [row(ga_label(g), f"≥{g['min_sparsity']:.0%}" if g["mode"] == "seed" else g["target"], g)
+             for g in summary["ga"]]
     return rows
+
+
+def ga_label(g: dict) -> str:
+    held_out = "held-out" if g["fitness_split"] != "test" else "scored on its own fitness data"
+    return f"GA {g['run']} ({g['mode']} mode, fitness on {g['fitness_split']}: {held_out})"
 
 
 def study_table() -> list[dict]:
@@ -106,10 +112,10 @@ def render_report(paths: ReportPaths, summary: dict) -> str:
                         for p in sorted(paths.figures.glob("*.png")))
     walls = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(prov["notebook_wall_s"].items())) or "not recorded"
     packages = ", ".join(f"{k} {v}" for k, v in prov["packages"].items())
-    budgets = "\n".join(f"  - `{mode}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items())
-                        for mode, cfg in prov["budgets"].items())
-    searches = "\n".join(f"- `{mode}` search: fitness = {s['fitness_kind']} on the {s['fitness_split']} split, "
-                         f"{s['dtype']}" for mode, s in protocol["search"].items())
+    budgets = "\n".join(f"  - `{run}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items())
+                        for run, cfg in prov["budgets"].items())
+    searches = "\n".join(f"- `{run}` search: fitness = {s['fitness_kind']} on the {s['fitness_split']} split, "
+                         f"{s['dtype']}" for run, s in protocol["search"].items())
     splits = "\n".join(f"  - {split}: `{data[split]['source']}`, sha256 `{data[split]['text_sha256']}`, "
                        f"{data[split]['n_tokens']:,} tokens" for split in ("test", "validation") if split in data)
     return f"""# evoprune report: profile `{summary['profile']}`
@@ -122,8 +128,10 @@ pruning; every rate is a fraction of a block's prunable weights.
 
 {markdown_table(results_table(summary))}
 Status: perplexity (primary) up to {STATUS[0][0]}x dense is "{STATUS[0][1]}", up to {STATUS[1][0]}x "{STATUS[1][1]}",
-above that "collapsed". GA perplexities are measured on test windows the search never scored, except the study
-protocol's windows in `seed` mode, which are the windows that mode optimizes on (as in the study).
+above that "collapsed". A GA row whose fitness is on validation is held out: its test perplexities come from
+windows the search never scored. A row whose fitness is on test (the study's own setting) is scored on its own
+fitness data and says so. Seed mode, as published, penalizes genomes below target - tolerance and has no upper
+bound, so its target reads "≥".
 
 For reference only, **the study's published numbers** (GPT-2 124M, its own protocol, GA scored on the windows it
 optimized on; not comparable one to one with the rows above):
