@@ -3,9 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from evoprune import EvopruneError
-from evoprune.models import BlocksRemoved, blocks, export, latency, remove_blocks, tiny_gpt2
+from evoprune.models import BlocksRemoved, blocks, export, latency, remove_blocks, tiny_gpt2, tiny_llama
 from evoprune.pruning import Pruner
-from test_pruning import tiny_llama
 
 
 @pytest.mark.parametrize("make", [lambda: tiny_gpt2().model, tiny_llama])

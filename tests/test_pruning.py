@@ -2,10 +2,9 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from evoprune import EvopruneError
-from evoprune.models import architecture_of, blocks, prunable_matrices, tiny_gpt2
+from evoprune.models import architecture_of, blocks, prunable_matrices, tiny_gpt2, tiny_llama
 from evoprune.pruning import Pruner, count_for, ordering
 
 
@@ -17,13 +16,6 @@ def tied_weights(model, seed=0):
         signs = torch.randint(0, 2, m.weight.shape, generator=gen).float() * 2 - 1
         m.weight.data.copy_(levels * signs)
     return model
-
-
-def tiny_llama():
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3, 0.45, 0.5, 1.0])

@@ -198,6 +198,15 @@ def tiny_gpt2(n_layer: int = 12, n_embd: int = 64, n_head: int = 4, seed: int = 
     return LoadedModel(model, ByteTokenizer(), TINY_GPT2, weights_hash(model))
 
 
+def tiny_llama(n_layer: int = 3, seed: int = 0) -> nn.Module:
+    """A tiny Llama-architecture model (grouped-query attention, gated MLP) for tests of the Llama code path."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=n_layer,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
