@@ -14,12 +14,12 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 EXECUTED := $(patsubst notebooks/%.py,reports/$(PROFILE)/executed/%.ipynb,$(NOTEBOOKS))
 ANALYSIS := reports/$(PROFILE)/executed/04_analysis.ipynb
 
-.PHONY: help reproduce test lab bench clean preflight
+.PHONY: help reproduce test lab bench clean preflight readme
 
 help:
 	@echo "make reproduce [PROFILE=paper|offline|smoke]   re-run every notebook, regenerate figures and tables"
 	@echo "make test                                      run the test suite"
-	@echo "make lab | make bench | make clean"
+	@echo "make lab | make bench | make readme | make clean"
 
 # The environment: created on first use from the pinned requirements, reused afterwards.
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -40,6 +40,10 @@ reports/$(PROFILE)/executed/%.ipynb: notebooks/%.py params/$(PROFILE).yaml | pre
 	$(PY) -m evoprune notebook --profile $(PROFILE) $<
 
 $(ANALYSIS): $(filter-out $(ANALYSIS),$(EXECUTED))
+
+# The README's results section, generated from reports/offline/summary.json.
+readme: $(VENV)/.installed
+	$(PY) -c "from evoprune.report import update_readme; update_readme('offline')"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -ra

@@ -52,15 +52,26 @@ print(f"reports: {paths.reports}")
 
 # %%
 searches = {name: run_search(model, data_setting, out=paths.search(name), criterion=criterion, seed=seed,
-                             test_windows=test_windows, dtype=dtype, progress=False, **run)
+                             test_windows=test_windows, dtype=dtype, **run)
             for name, run in runs.items()}
+
+# %% [markdown]
+# ## Generalization: a second held-out text
+# Each best genome against uniform at the same sparsity on Python standard-library docstrings, a text no fitness
+# saw (float32, primary protocol, `test_windows` windows).
+
+# %%
+setup = experiments.load_setup(model, data_setting, criterion)
+held_out = [experiments.generalization(setup, result, name, test_windows) for name, result in searches.items()]
+results.write_table(held_out, paths.table("generalization"))
+Markdown(results.markdown_table(held_out))
 
 # %%
 ga = [experiments.ga_row(result, name) for name, result in searches.items()]
 results.write_json(paths.record("ga"), {
-    "rows": ga, "provenance": results.provenance(notebook="03_ga_search", model=model, data=data_setting,
-                                                 criterion=criterion, seed=seed, runs=runs,
-                                                 search_dtype=dtype, test_windows=test_windows)})
+    "rows": ga, "generalization": held_out,
+    "provenance": results.provenance(notebook="03_ga_search", model=model, data=data_setting, criterion=criterion,
+                                     seed=seed, runs=runs, search_dtype=dtype, test_windows=test_windows)})
 Markdown(results.markdown_table(ga, ["run", "mode", "block_sparsity", "fitness", "fitness_split", "test_ppl",
                                      "seed_protocol_ppl", "evaluations", "forward_tokens", "wall_s"]))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from evoprune import models, perplexity
-from evoprune.data import Tokens, load_tokens
+from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
 from evoprune.pruning import Pruner
 
 REPORTED_DTYPE = "float32"
@@ -71,6 +71,20 @@ def reported_perplexities(setup: Setup, genome, test_windows: int | None = None,
     return {"genome": pruner.genome, "block_sparsity": pruner.block_sparsity(),
             "model_sparsity": pruner.model_sparsity(), "test_ppl": primary.ppl, "test_windows": primary.n_windows,
             "seed_protocol_ppl": study.ppl, "seed_protocol_windows": study.n_windows}
+
+
+def generalization(setup: Setup, result: dict, run: str, n_windows: int | None = None) -> dict:
+    """A search's best genome against uniform at the same sparsity on a second text that no fitness ever saw
+    (standard-library docstrings, ``data.PYTHON_DOCS``), float32, primary protocol."""
+    ids = load_tokens(setup.loaded.tokenizer, PYTHON_DOCS, "test").ids
+    dtype = perplexity.get_dtype(REPORTED_DTYPE)
+    measured = {}
+    for name, genome in (("ga", result["genome"]), ("uniform", result["uniform"]["genome"])):
+        setup.apply(genome)
+        measured[name] = perplexity.measure(setup.model, ids, "primary", max_windows=n_windows, dtype=dtype)
+    setup.apply(0.0)
+    return {"run": run, "text": PYTHON_DOCS, "n_windows": measured["ga"].n_windows, "ga_ppl": measured["ga"].ppl,
+            "uniform_ppl": measured["uniform"].ppl, "ga_over_uniform": measured["ga"].ppl / measured["uniform"].ppl}
 
 
 def sweep_points(max_sparsity: float, step: float) -> list[float]:

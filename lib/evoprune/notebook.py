@@ -176,7 +176,7 @@ def execute(nb, parameters: dict, paths: ReportPaths, stem: str, log_output: boo
         jupytext.write(nb, source, fmt="ipynb")
         try:
             papermill.execute_notebook(source, partial, parameters=parameters, kernel_name=KERNEL, language="python",
-                                       cwd=ROOT, progress_bar=False, log_output=log_output)
+                                       cwd=ROOT, progress_bar=True, log_output=log_output)
         except BaseException as err:  # interrupted or failed: keep what ran, under a name that says so
             if partial.exists():
                 partial.replace(failed)

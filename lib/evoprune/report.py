@@ -7,7 +7,7 @@ from pathlib import Path
 
 from evoprune import EvopruneError
 from evoprune.experiments import PROTOCOLS, REPORTED_DTYPE
-from evoprune.results import ReportPaths, markdown_table, read_json, study_published, validate_summary
+from evoprune.results import ROOT, ReportPaths, markdown_table, read_json, study_published, validate_summary
 
 RECORDS = {"baseline": "01_baseline", "uniform_sweep": "02_uniform_sweep", "ga": "03_ga_search"}
 GA_FIELDS = ("run", "mode", "fitness_split", "min_sparsity", "criterion", "target", "block_sparsity", "genome", "fitness", "test_ppl", "seed_protocol_ppl",
@@ -55,6 +55,7 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
         "uniform": [{k: r[k] for k in ("sparsity", "criterion", "block_sparsity", "test_ppl", "seed_protocol_ppl")}
                     for r in sweep["rows"]],
         "ga": [{k: r[k] for k in GA_FIELDS} for r in ga["rows"]],
+        "generalization": ga["generalization"],
     }
     return validate_summary(summary)
 
@@ -111,6 +112,7 @@ def render_report(paths: ReportPaths, summary: dict) -> str:
     figures = "\n".join(f"![{p.stem}]({os.path.relpath(p, paths.reports)})"
                         for p in sorted(paths.figures.glob("*.png")))
     walls = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(prov["notebook_wall_s"].items())) or "not recorded"
+    walls += f"; total {sum(prov['notebook_wall_s'].values()):.0f} s (04_analysis as of its previous run)"
     packages = ", ".join(f"{k} {v}" for k, v in prov["packages"].items())
     budgets = "\n".join(f"  - `{run}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items())
                         for run, cfg in prov["budgets"].items())
@@ -137,6 +139,12 @@ For reference only, **the study's published numbers** (GPT-2 124M, its own proto
 optimized on; not comparable one to one with the rows above):
 
 {markdown_table(study_table())}
+## Generalization to a second held-out text
+
+{markdown_table(summary["generalization"])}
+Each GA genome against uniform at the same sparsity on `python-docs` (standard-library docstrings, a text no
+fitness saw), float32, primary protocol.
+
 ## Figures
 
 {figures}
@@ -160,3 +168,48 @@ optimized on; not comparable one to one with the rows above):
 
 Tables: {', '.join(_files(paths, paths.tables, '*.md'))}. Machine-readable: [summary.json](summary.json).
 """
+
+
+# --- the README's results section ---------------------------------------------------------------------------
+
+README = ROOT / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def readme_section(summary: dict) -> str:
+    """The README's results, generated from summary.json so every number there equals the one in the file."""
+    profile, windows = summary["profile"], summary["protocol"]["test_windows"]
+    dense = summary["dense"]["test_ppl"]
+    return f"""{BEGIN}
+<!-- generated from reports/{profile}/summary.json by `make readme`; edit report.readme_section, not this -->
+Model `{summary['model']}`, profile `{profile}`; all perplexities on the WikiText-2 **test** split in
+{summary['protocol']['reported_dtype']}: *primary* = the first {windows['primary']} non-overlapping 1024-token
+windows, *study protocol* = {windows['study']} windows drawn as the study drew its 128. GA fitness was computed on
+the validation split unless the row says otherwise, so these test numbers are held out. Budgets and provenance:
+[reports/{profile}/REPORT.md](reports/{profile}/REPORT.md).
+
+{markdown_table(results_table(summary))}
+Dense primary perplexity here is {dense:.4g}. Generalization, on a second text no fitness saw (`python-docs`):
+
+{markdown_table(summary["generalization"])}
+![Figure 1](figures/{profile}/figure1.png)
+![Figure 2](figures/{profile}/figure2_layer_profile.png)
+
+The study's **published** GPT-2 numbers, for reference only: its GA was scored on the same test windows it
+reports, so its GA row is not held out, and GPT-2 is not the model above.
+
+{markdown_table(study_table())}
+{END}"""
+
+
+def update_readme(profile: str, root: Path | None = None) -> Path:
+    """Replace the README's results section with the one generated from ``reports/<profile>/summary.json``."""
+    from evoprune.results import report_paths
+    summary = read_json(report_paths(profile, root).summary)
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        raise EvopruneError(f"README.md has no {BEGIN} ... {END} section to fill.")
+    before, rest = text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    README.write_text(before + readme_section(summary) + after)
+    return README

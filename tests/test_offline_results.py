@@ -1,0 +1,35 @@
+"""The committed offline study (reports/offline/summary.json) is consistent, and the README shows its numbers."""
+import pytest
+
+from evoprune.report import BEGIN, README, readme_section
+from evoprune.results import ROOT, read_json, validate_summary
+
+SUMMARY = ROOT / "reports" / "offline" / "summary.json"
+
+
+@pytest.fixture(scope="module")
+def summary():
+    assert SUMMARY.is_file(), "reports/offline/summary.json is missing: run `make reproduce PROFILE=offline`"
+    return validate_summary(read_json(SUMMARY))
+
+
+def test_genomes_meet_their_target_sparsity(summary):
+    for ga in summary["ga"]:
+        if ga["mode"] == "default":
+            assert ga["block_sparsity"] == pytest.approx(ga["target"], abs=1e-5), ga["run"]
+        else:  # the published GA's penalty: at least target - tolerance, no upper bound
+            assert ga["block_sparsity"] >= ga["min_sparsity"] - 1e-5, ga["run"]
+
+
+def test_default_beats_uniform_at_the_same_target_on_test(summary):
+    uniform = {round(u["sparsity"], 6): u for u in summary["uniform"]}
+    for ga in summary["ga"]:
+        if ga["mode"] == "default":
+            same = uniform[round(ga["target"], 6)]
+            assert ga["test_ppl"] < same["test_ppl"] and ga["seed_protocol_ppl"] < same["seed_protocol_ppl"]
+
+
+def test_readme_shows_the_summary_numbers(summary):
+    text = README.read_text()
+    assert BEGIN in text, "README.md has no results section: run `make readme`"
+    assert readme_section(summary) in text, "README results differ from summary.json: run `make readme`"
