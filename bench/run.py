@@ -20,7 +20,7 @@ import torch
 
 from evoprune import perplexity
 from evoprune.data import load_tokens
-from evoprune.models import load_model
+from evoprune.models import load_model, timings
 from evoprune.pruning import Pruner
 from evoprune.results import ROOT, read_csv, read_json
 
@@ -31,13 +31,7 @@ TARGETS = {"apply_over_eval": "<= 0.05", "eval_peak_fraction": ">= 0.45", "overh
 
 
 def best_of(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timings(fn, repeats))
 
 
 def matmul_peak_gflops(dtype: torch.dtype) -> float:

@@ -12,6 +12,8 @@ import hashlib
 import importlib.util
 import os
 import socket
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,21 +330,23 @@ def export(model: nn.Module, out_dir: str | Path, tokenizer=None) -> dict:
             "nonzero_parameters": nonzero, "bytes_on_disk": size}
 
 
+def timings(fn, repeats: int = 3) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
 @torch.inference_mode()
 def latency(model: nn.Module, prompt: torch.Tensor, new_tokens: int = 32, seq_len: int = 1024,
             repeats: int = 3) -> dict:
     """Median ms per generated token (greedy, warm-up excluded) and per ``seq_len``-token forward."""
-    import statistics
-    import time
-
     def timed(fn) -> float:
-        fn()  # warm-up
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples)
+        return statistics.median(timings(fn, repeats))
 
     ids = prompt.view(1, -1)
     generate = timed(lambda: model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
