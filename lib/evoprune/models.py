@@ -25,6 +25,7 @@ from evoprune import EvopruneError
 SMOLLM2 = "smollm2-135m"
 TINY_GPT2 = "tiny-gpt2"
 CACHE_DIR = Path(__file__).resolve().parents[2] / "data" / "cache"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def weights_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(p.detach().to(torch.float32).contiguous().numpy().tobytes())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -242,7 +243,8 @@ def _load_hub(name: str, dtype: torch.dtype) -> LoadedModel:
 
 
 def load_model(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a model by name; the result's blocks are checked to be of a supported architecture."""
+    """Load a model by name, on the GPU when there is one; its blocks are checked to be of a supported
+    architecture."""
     if name == SMOLLM2:
         loaded = _load_smollm2(dtype)
     elif name == TINY_GPT2:
@@ -251,6 +253,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     else:
         loaded = _load_hub(name, dtype)
     architecture_of(loaded.model)
+    loaded.model.to(DEVICE)
     return loaded
 
 
@@ -351,6 +354,6 @@ def latency(model: nn.Module, prompt: torch.Tensor, new_tokens: int = 32, seq_le
     ids = prompt.view(1, -1)
     generate = timed(lambda: model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                             do_sample=False, pad_token_id=0))
-    window = torch.arange(seq_len).remainder(model.config.vocab_size).view(1, -1)
+    window = torch.arange(seq_len, device=model.device).remainder(model.config.vocab_size).view(1, -1)
     forward = timed(lambda: model(window))
     return {"ms_per_token": 1e3 * generate / new_tokens, "ms_per_forward": 1e3 * forward, "seq_len": seq_len}

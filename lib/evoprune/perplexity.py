@@ -68,8 +68,8 @@ def study_windows(ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, n: 
 
 def autocast(model: nn.Module, dtype: torch.dtype):
     """Run in ``dtype`` on a model stored in another dtype (bf16 fitness on the fp32 model)."""
-    model_dtype = next(model.parameters()).dtype
-    return nullcontext() if dtype == model_dtype else torch.autocast("cpu", dtype=dtype)
+    weight = next(model.parameters())
+    return nullcontext() if dtype == weight.dtype else torch.autocast(weight.device.type, dtype=dtype)
 
 
 @torch.inference_mode()
@@ -78,11 +78,12 @@ def token_nll(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.
 
     Logits are formed window by window from the final hidden states, so a batch never holds B x L x vocab.
     """
+    batch = batch.to(model.device)
     with autocast(model, dtype):
         hidden = model.base_model(input_ids=batch).last_hidden_state
         head = model.get_output_embeddings()
         rows = [F.cross_entropy(head(h[:-1]).float(), x[1:], reduction="none") for h, x in zip(hidden, batch)]
-    return torch.stack(rows)
+    return torch.stack(rows).cpu()
 
 
 def window_nll(model: nn.Module, wins: torch.Tensor, batch_size: int = 4, dtype: torch.dtype = torch.float32,

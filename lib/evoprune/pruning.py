@@ -55,7 +55,7 @@ def input_norms(model: nn.Module, calibration: torch.Tensor, batch_size: int = 4
         hooks.append(model.get_submodule(m.name).register_forward_pre_hook(accumulate))
     try:
         for start in range(0, len(calibration), batch_size):
-            model.base_model(input_ids=calibration[start: start + batch_size])
+            model.base_model(input_ids=calibration[start: start + batch_size].to(model.device))
     finally:
         for h in hooks:
             h.remove()
@@ -71,7 +71,7 @@ def ordering(scores: torch.Tensor, per_row: bool, transposed: bool) -> torch.Ten
     out_f, in_f = scores.shape
     if per_row:
         rank = scores.argsort(dim=1, stable=True)
-        flat = (torch.arange(out_f).unsqueeze(1) * in_f + rank).t().reshape(-1)
+        flat = (torch.arange(out_f, device=scores.device).unsqueeze(1) * in_f + rank).t().reshape(-1)
     else:
         flat = scores.reshape(-1).argsort(stable=True)
     if transposed:  # index in (out, in) -> index in the stored (in, out) layout

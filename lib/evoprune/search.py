@@ -444,7 +444,7 @@ def token_log_probs(model: torch.nn.Module, batch: torch.Tensor, dtype: torch.dt
     """Log-probabilities of every next-token distribution: shape (B, L-1, vocab), float32 (as
     ``perplexity.token_nll`` forms logits, from the final hidden states window by window)."""
     with perplexity.autocast(model, dtype):
-        hidden = model.base_model(input_ids=batch).last_hidden_state
+        hidden = model.base_model(input_ids=batch.to(model.device)).last_hidden_state
         head = model.get_output_embeddings()
         return torch.stack([F.log_softmax(head(h[:-1]).float(), dim=-1) for h in hidden])
 
