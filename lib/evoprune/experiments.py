@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from evoprune import models, perplexity
 from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
-from evoprune.pruning import Pruner
+from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion
 
 REPORTED_DTYPE = "float32"
 PROTOCOLS = {
@@ -50,9 +50,15 @@ class Setup:
         if self.pruner is None or self.pruner.genes_per_block != genes_per_block:
             if self.pruner is not None:
                 self.pruner.restore()  # two pruners must never hold different views of the same weights
-            self.pruner = Pruner(self.model, self.criterion, genes_per_block)
+            self.pruner = Pruner(self.model, self.criterion, genes_per_block, self.calibration())
         self.pruner.apply(genome)
         return self.pruner
+
+    def calibration(self):
+        """Validation windows for criteria that score weights by their inputs (Wanda); None for magnitude."""
+        if not get_criterion(self.criterion).needs_calibration:
+            return None
+        return perplexity.windows(self.tokens("validation").ids, max_windows=CALIBRATION_WINDOWS)
 
 
 def load_setup(model: str, data: str, criterion: str = "magnitude") -> Setup:
