@@ -298,3 +298,12 @@ def test_removal_ga_refuses_impossible_k(k):
     from evoprune.search import removal_search
     with pytest.raises(EvopruneError, match="between 1 and 11"):
         removal_search(lambda r: 0.0, 12, k)
+
+
+def test_config_names_a_data_directory_relative_to_the_repository(tmp_path):
+    """Committed results must mean the same search in a clone elsewhere with the data beside it."""
+    from evoprune.results import ROOT, resolve_data
+    config = search_config("tiny-gpt2", str(ROOT.parent / "shared" / "data"), 0.5)
+    assert config["data"] == os.path.join("..", "shared", "data")
+    assert resolve_data(config["data"]) == str(ROOT.parent / "shared" / "data")
+    assert search_config("tiny-gpt2", "wikitext2", 0.5)["data"] == "wikitext2"

@@ -149,10 +149,10 @@ def report_paths(profile: str, root: str | Path | None = None) -> ReportPaths:
 def resolve_data(data: str | None) -> str:
     """A data setting as the loaders take it: None means the default, a relative directory is relative to the
     repository root (profiles say ``../shared/data``), and ``wikitext2`` means the hub."""
-    from evoprune.data import HUB, default_data
+    from evoprune.data import HUB, PYTHON_DOCS, default_data
     if data is None:
         return default_data()
-    if data == HUB or Path(data).is_absolute():
+    if data in (HUB, PYTHON_DOCS) or Path(data).is_absolute():
         return data
     return str((ROOT / data).resolve())
 

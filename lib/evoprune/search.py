@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evoprune import EvopruneError, perplexity
-from evoprune.results import read_json, write_json
+from evoprune.results import ROOT, read_json, resolve_data, write_json
 
 MODES = ("seed", "default")
 FITNESS_KINDS = ("ppl", "kl")
@@ -96,7 +96,7 @@ def search_config(model: str, data: str | None, target: float, mode: str = "defa
     get_criterion(criterion)
     perplexity.get_dtype(dtype)
     data = data or default_data()
-    config = {"model": model, "data": str(Path(data).resolve()) if data != HUB else data, "mode": mode,
+    config = {"model": model, "data": portable_data(data), "mode": mode,
               "criterion": criterion, "target": float(target), "seed": int(seed), "fitness": fitness,
               "genes": genes, "test_windows": test_windows, "dtype": dtype,
               **COMMON_DEFAULTS, **MODE_DEFAULTS[mode], **given}
@@ -104,6 +104,13 @@ def search_config(model: str, data: str | None, target: float, mode: str = "defa
         config["offspring"] = config["population"]
     check_config(config)
     return config
+
+
+def portable_data(data: str) -> str:
+    """A data directory as a path relative to the repository root (how profiles name it), so the config, and
+    with it the committed results, mean the same search in a clone elsewhere with the data beside it."""
+    from evoprune.data import HUB, PYTHON_DOCS
+    return data if data in (HUB, PYTHON_DOCS) else os.path.relpath(Path(data).resolve(), ROOT)
 
 
 def check_config(config: dict) -> None:
@@ -561,18 +568,19 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
     if done is not None:
         print(f"{out / RESULT} already holds this search (same config): not recomputed.", file=sys.stderr)
         return done
-    if config["data"] != HUB:
+    data_setting = resolve_data(config["data"])
+    if data_setting != HUB:
         for split in (config["fitness_split"], "test"):
-            local_file(config["data"], split)
+            local_file(data_setting, split)
 
     loaded = models.load_model(model)  # float32: fitness autocasts to ``dtype``, reported numbers do not
-    fit_tokens = load_tokens(loaded.tokenizer, config["data"], config["fitness_split"])
+    fit_tokens = load_tokens(loaded.tokenizer, data_setting, config["fitness_split"])
     calibration = None
     if get_criterion(criterion).needs_calibration:
-        calibration = perplexity.windows(load_tokens(loaded.tokenizer, config["data"], "validation").ids,
+        calibration = perplexity.windows(load_tokens(loaded.tokenizer, data_setting, "validation").ids,
                                          config["seq_len"], CALIBRATION_WINDOWS)
     pruner = Pruner(loaded.model, criterion, GENES[genes], calibration)
-    test_tokens = load_tokens(loaded.tokenizer, config["data"], "test")
+    test_tokens = load_tokens(loaded.tokenizer, data_setting, "test")
     objective = ModelObjective(loaded.model, pruner, fit_tokens.ids, config)
     search = optimize(objective, pruner.gene_sizes(), config, out, progress)
 
