@@ -12,7 +12,8 @@ from evoprune.results import ROOT, read_json, report_paths, validate_summary
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 STEMS = ["01_baseline", "02_uniform_sweep", "03_ga_search", "04_analysis"]
 RECORDS = ["baseline.json", "uniform_sweep.json", "ga.json", "summary.json", "REPORT.md", "timings.json"]
-TABLES = ["parameter_counts", "dense", "sensitivity", "uniform_sweep", "ga_genomes", "convergence", "results"]
+TABLES = ["parameter_counts", "dense", "sensitivity", "uniform_sweep", "generalization", "ga_genomes", "convergence",
+          "results"]
 FIGURES = ["sensitivity", "uniform_sweep", "convergence", "figure1", "figure2_layer_profile"]
 MODES = ["seed", "default"]
 
@@ -48,6 +49,8 @@ def test_summary_validates_and_covers_both_modes(smoke):
     assert [u["sparsity"] for u in summary["uniform"]][0] == 0.0
     assert summary["data"]["test"]["text_sha256"] and summary["provenance"]["git_commit"]
     assert set(summary["provenance"]["notebook_wall_s"]) >= {"01_baseline", "02_uniform_sweep", "03_ga_search"}
+    held_out = summary["generalization"]
+    assert [g["run"] for g in held_out] == MODES and all(g["text"] == "python-docs" for g in held_out)
 
 
 @pytest.mark.slow
