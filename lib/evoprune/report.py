@@ -189,7 +189,11 @@ the validation split unless the row says otherwise, so these test numbers are he
 [reports/{profile}/REPORT.md](reports/{profile}/REPORT.md).
 
 {markdown_table(results_table(summary))}
-Dense primary perplexity here is {dense:.4g}. Generalization, on a second text no fitness saw (`python-docs`):
+Search budgets and what they bought (fitness in the dtype shown, on validation windows unless said):
+
+{search_lines(summary)}
+
+Generalization, on a second text no fitness saw (`python-docs`):
 
 {markdown_table(summary["generalization"])}
 ![Figure 1](figures/{profile}/figure1.png)
@@ -200,6 +204,23 @@ reports, so its GA row is not held out, and GPT-2 is not the model above.
 
 {markdown_table(study_table())}
 {END}"""
+
+
+def search_lines(summary: dict) -> str:
+    """One line per GA run: its budget, its cost, and its test perplexity against dense and uniform."""
+    dense = summary["dense"]["test_ppl"]
+    uniform = {round(u["sparsity"], 6): u["test_ppl"] for u in summary["uniform"]}
+    lines = []
+    for g in summary["ga"]:
+        cfg = summary["provenance"]["budgets"][g["run"]]
+        same = uniform.get(round(g["block_sparsity"], 6)) if g["mode"] == "default" else None
+        versus = f", {g['test_ppl'] / same:.2f}x uniform at the same sparsity" if same else ""
+        lines.append(f"- `{g['run']}`: population {cfg['population']}, {cfg['generations']} generations, "
+                     f"{cfg['fitness_windows']} {cfg['fitness_split']} fitness windows ({cfg['dtype']}); "
+                     f"{g['evaluations']} evaluations, {g['forward_tokens']:,} forward tokens, {g['wall_s']:.0f} s; "
+                     f"block sparsity {g['block_sparsity']:.2%}; test perplexity {g['test_ppl'] / dense:.2f}x "
+                     f"dense{versus}.")
+    return "\n".join(lines)
 
 
 def update_readme(profile: str, root: Path | None = None) -> Path:
