@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,5 +306,5 @@ def test_config_names_a_data_directory_relative_to_the_repository(tmp_path):
     from evoprune.results import ROOT, resolve_data
     config = search_config("tiny-gpt2", str(ROOT.parent / "shared" / "data"), 0.5)
     assert config["data"] == os.path.join("..", "shared", "data")
-    assert resolve_data(config["data"]) == str(ROOT.parent / "shared" / "data")
+    assert Path(resolve_data(config["data"])) == (ROOT.parent / "shared" / "data").resolve()
     assert search_config("tiny-gpt2", "wikitext2", 0.5)["data"] == "wikitext2"

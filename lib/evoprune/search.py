@@ -110,7 +110,7 @@ def portable_data(data: str) -> str:
     """A data directory as a path relative to the repository root (how profiles name it), so the config, and
     with it the committed results, mean the same search in a clone elsewhere with the data beside it."""
     from evoprune.data import HUB, PYTHON_DOCS
-    return data if data in (HUB, PYTHON_DOCS) else os.path.relpath(Path(data).resolve(), ROOT)
+    return data if data in (HUB, PYTHON_DOCS) else os.path.relpath(os.path.abspath(data), ROOT)
 
 
 def check_config(config: dict) -> None:
