@@ -28,3 +28,12 @@ def test_unknown_model_fails_fast_offline(monkeypatch):
 def test_directory_that_is_not_a_model(tmp_path):
     with pytest.raises(EvopruneError, match="not a loadable"):
         load_model(str(tmp_path))
+
+
+def test_gpt2_small_counts_behind_the_readme_sparsity_note():
+    """README: 45% of GPT-2's block matrices is about 30.7% of its 124.4M parameters (built from the config of
+    `gpt2`, no download)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    counts = parameter_counts(GPT2LMHeadModel(GPT2Config()))
+    assert round(counts["total"] / 1e6, 1) == 124.4
+    assert round(0.45 * counts["prunable"] / counts["total"], 3) == 0.307
