@@ -72,17 +72,22 @@ def autocast(model: nn.Module, dtype: torch.dtype):
     return nullcontext() if dtype == weight.dtype else torch.autocast(weight.device.type, dtype=dtype)
 
 
-@torch.inference_mode()
-def token_nll(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Negative log-likelihood of every next token: shape (B, L-1), float32.
-
-    Logits are formed window by window from the final hidden states, so a batch never holds B x L x vocab.
-    """
+def next_token_logits(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype):
+    """Yield (float32 logits of positions 0..L-2, the tokens they predict) window by window, formed from the
+    final hidden states so that a batch never holds B x L x vocab. Call under inference mode."""
     batch = batch.to(model.device)
     with autocast(model, dtype):
         hidden = model.base_model(input_ids=batch).last_hidden_state
         head = model.get_output_embeddings()
-        rows = [F.cross_entropy(head(h[:-1]).float(), x[1:], reduction="none") for h, x in zip(hidden, batch)]
+        for h, x in zip(hidden, batch):
+            yield head(h[:-1]).float(), x[1:]
+
+
+@torch.inference_mode()
+def token_nll(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Negative log-likelihood of every next token: shape (B, L-1), float32."""
+    rows = [F.cross_entropy(logits, targets, reduction="none")
+            for logits, targets in next_token_logits(model, batch, dtype)]
     return torch.stack(rows).cpu()
 
 

@@ -166,15 +166,17 @@ class Pruner:
     def restore(self) -> None:
         self.apply([0.0] * self.n_genes)
 
+    def zeros(self) -> int:
+        """Zero weights in the prunable block matrices, counted rather than assumed."""
+        return sum(m.numel - int(torch.count_nonzero(m.weight.data)) for m in self.matrices)
+
     def block_sparsity(self) -> float:
-        """Fraction of zero weights among the prunable block matrices (counted, not assumed)."""
-        zeros = sum(m.numel - int(torch.count_nonzero(m.weight.data)) for m in self.matrices)
-        return zeros / sum(m.numel for m in self.matrices)
+        """Fraction of zero weights among the prunable block matrices."""
+        return self.zeros() / sum(m.numel for m in self.matrices)
 
     def model_sparsity(self) -> float:
         """Zero prunable weights as a fraction of all model parameters (tied weights counted once)."""
-        zeros = sum(m.numel - int(torch.count_nonzero(m.weight.data)) for m in self.matrices)
-        return zeros / sum(p.numel() for p in self.model.parameters())
+        return self.zeros() / sum(p.numel() for p in self.model.parameters())
 
     def target_sparsity(self, genome: Sequence[float]) -> float:
         """Parameter-weighted mean rate of a genome: the block sparsity it will have."""

@@ -450,10 +450,8 @@ def write_history(path: Path, history: list[dict]) -> None:
 def token_log_probs(model: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Log-probabilities of every next-token distribution: shape (B, L-1, vocab), float32 (as
     ``perplexity.token_nll`` forms logits, from the final hidden states window by window)."""
-    with perplexity.autocast(model, dtype):
-        hidden = model.base_model(input_ids=batch.to(model.device)).last_hidden_state
-        head = model.get_output_embeddings()
-        return torch.stack([F.log_softmax(head(h[:-1]).float(), dim=-1) for h in hidden])
+    return torch.stack([F.log_softmax(logits, dim=-1)
+                        for logits, _ in perplexity.next_token_logits(model, batch, dtype)])
 
 
 def mean_kl(model: torch.nn.Module, wins: torch.Tensor, dense_log_probs: torch.Tensor, batch_size: int,
