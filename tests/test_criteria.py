@@ -3,7 +3,7 @@ import torch
 
 from evoprune import EvopruneError
 from evoprune.models import prunable_matrices, tiny_gpt2
-from evoprune.pruning import (Pruner, count_for, global_magnitude_counts, input_norms, owl_rates,
+from evoprune.pruning import (Pruner, count_for, global_magnitude_counts, input_norms, outlier_ratios, owl_rates,
                               sensitivity_rates, wanda_scores)
 
 
@@ -61,7 +61,7 @@ def test_global_magnitude_uses_one_threshold(tiny):
 
 @pytest.mark.parametrize("target", [0.3, 0.45, 0.6])
 def test_owl_rates_average_to_the_target(tiny, calibration, target):
-    rates = owl_rates(tiny.model, calibration, target, threshold_m=5, spread=0.08)
+    rates = owl_rates(outlier_ratios(tiny.model, calibration, threshold_m=5), target, spread=0.08)
     assert len(rates) == 12
     assert sum(rates) / 12 == pytest.approx(target)
     assert max(rates) - min(rates) == pytest.approx(0.16)

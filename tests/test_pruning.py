@@ -141,3 +141,21 @@ def test_sparsity_reports():
     assert pruner.block_sparsity() == removed / prunable
     assert pruner.model_sparsity() == removed / total
     assert pruner.target_sparsity([0.45] * 12) == pytest.approx(0.45)
+
+
+@pytest.mark.parametrize("build", [lambda: tiny_gpt2().model, lambda: tiny_llama()])
+def test_bfloat16_twin_prunes_the_same_weights(build):
+    model = build()
+    pruner = Pruner(model)
+    pruner.apply(0.2)
+    twin = pruner.in_dtype(torch.bfloat16)
+    assert twin is not pruner and all(m.weight.dtype == torch.bfloat16 for m in twin.matrices)
+    assert next(model.parameters()).dtype == torch.float32  # the original is left as it was
+    assert pruner.in_dtype(torch.float32) is pruner and twin.in_dtype(torch.bfloat16) is twin
+    genome = [0.1 * (b % 7) for b in range(pruner.n_genes)]
+    for rates in (genome, list(reversed(genome)), 0.0):  # prune, move, and restore through the twin
+        pruner.apply(rates)
+        twin.apply(rates)
+        for fp32, bf16 in zip(pruner.matrices, twin.matrices):
+            assert torch.equal(fp32.weight == 0, bf16.weight == 0)
+            assert torch.equal(fp32.weight.to(torch.bfloat16), bf16.weight)

@@ -271,7 +271,7 @@ def test_kl_fitness_is_zero_for_the_dense_model_and_grows_with_pruning(data_dir)
     pruner = Pruner(loaded.model, genes_per_block=2)
     tokens = load_tokens(loaded.tokenizer, data_dir, "validation")
     settings = search_config("tiny-gpt2", data_dir, 0.5, fitness="kl", genes="group", fitness_windows=1)
-    objective = ModelObjective(loaded.model, pruner, tokens.ids, settings)
+    objective = ModelObjective(pruner, tokens.ids, settings)
     assert objective.setup_tokens == 1024
     dense, light, heavy = (objective([rate] * 24, 1) for rate in (0.0, 0.3, 0.8))
     assert abs(dense) < 1e-3 and dense < light < heavy

@@ -116,16 +116,15 @@ def sensitivity_scan(setup: Setup, rate: float, n_windows: int, dtype: str = "bf
     from tqdm.auto import tqdm
     wins = perplexity.windows(setup.tokens("validation").ids, max_windows=n_windows)
     torch_dtype = perplexity.get_dtype(dtype)
-    pruner = setup.apply(0.0)
-    dense = perplexity.primary(setup.model, wins, batch_size, torch_dtype).ppl
+    pruner = setup.apply(0.0).in_dtype(torch_dtype)
+    dense = perplexity.primary(pruner.model, wins, batch_size, torch_dtype).ppl
     sizes = pruner.gene_sizes()
     rows = []
     for block in tqdm(range(setup.n_blocks), desc="sensitivity", disable=not progress):
-        setup.apply([rate if b == block else 0.0 for b in range(setup.n_blocks)])
-        ppl = perplexity.primary(setup.model, wins, batch_size, torch_dtype).ppl
+        pruner.apply([rate if b == block else 0.0 for b in range(setup.n_blocks)])
+        ppl = perplexity.primary(pruner.model, wins, batch_size, torch_dtype).ppl
         rows.append({"block": block, "rate": rate, "params": sizes[block], "ppl": ppl, "dense_ppl": dense,
                      "ppl_ratio": ppl / dense})
-    setup.apply(0.0)
     return rows
 
 

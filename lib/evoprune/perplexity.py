@@ -15,7 +15,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -67,28 +66,39 @@ def study_windows(ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, n: 
 
 
 def autocast(model: nn.Module, dtype: torch.dtype):
-    """Run in ``dtype`` on a model stored in another dtype (bf16 fitness on the fp32 model)."""
-    weight = next(model.parameters())
+    """Run in ``dtype`` on a model stored (wholly or partly: ``Pruner.in_dtype``) in another dtype."""
+    weight = next(model.parameters())  # the embedding: it sets the residual stream's dtype
     return nullcontext() if dtype == weight.dtype else torch.autocast(weight.device.type, dtype=dtype)
 
 
-def next_token_logits(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype):
-    """Yield (float32 logits of positions 0..L-2, the tokens they predict) window by window, formed from the
-    final hidden states so that a batch never holds B x L x vocab. Call under inference mode."""
-    batch = batch.to(model.device)
+HEAD_ROWS = 128  # positions per LM-head chunk: its float32 logits (25 MB) stay in cache for the loss
+
+
+def final_hidden(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Final hidden states of positions 0..L-2 (those that predict a next token): shape (B, L-1, d)."""
     with autocast(model, dtype):
-        hidden = model.base_model(input_ids=batch).last_hidden_state
-        head = model.get_output_embeddings()
-        for h, x in zip(hidden, batch):
-            yield head(h[:-1]).float(), x[1:]
+        return model.base_model(input_ids=batch.to(model.device)).last_hidden_state[:, :-1]
+
+
+def chunk_logits(model: nn.Module, hidden: torch.Tensor, dtype: torch.dtype):
+    """Yield (first position, float32 logits) for ``HEAD_ROWS`` flattened positions at a time, so that no
+    B x L x vocab tensor is ever formed. Call under inference mode."""
+    head = model.get_output_embeddings()
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    with autocast(model, dtype):
+        for start in range(0, len(flat), HEAD_ROWS):
+            yield start, head(flat[start: start + HEAD_ROWS]).float()
 
 
 @torch.inference_mode()
 def token_nll(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Negative log-likelihood of every next token: shape (B, L-1), float32."""
-    rows = [F.cross_entropy(logits, targets, reduction="none")
-            for logits, targets in next_token_logits(model, batch, dtype)]
-    return torch.stack(rows).cpu()
+    targets = batch[:, 1:].reshape(-1, 1).to(model.device)
+    nll = torch.empty(len(targets), dtype=torch.float32, device=model.device)
+    for start, logits in chunk_logits(model, final_hidden(model, batch, dtype), dtype):
+        end = start + len(logits)
+        nll[start:end] = logits.logsumexp(-1) - logits.gather(1, targets[start:end]).squeeze(1)
+    return nll.view(len(batch), -1).cpu()
 
 
 def window_nll(model: nn.Module, wins: torch.Tensor, batch_size: int = 4, dtype: torch.dtype = torch.float32,

