@@ -23,8 +23,13 @@
 # `run_search` reports each best genome's test perplexity under both protocols in float32 on `test_windows`
 # windows, the same measurement notebooks 01 and 02 make.
 #
-# Writes `search/<run>/{result.json,history.csv}`, `ga.json`, `tables/ga_genomes`, `tables/convergence` and
-# `figures/<profile>/convergence.png`.
+# Beyond the study: the same `default` search at every target and criterion of 02's allocation sweep, all at one
+# smaller budget (`method_budget`), measured like the allocations (bfloat16, `method_windows` test windows); the
+# DEAP-style GA over sets of exactly `removal["k"]` removed blocks; and an export of the best Wanda genome and the
+# best removal set as Hugging Face directories, reloaded and re-scored.
+#
+# Writes `search/<run>/{result.json,history.csv}`, `ga.json`, `methods_ga.json`, `tables/ga_genomes`,
+# `tables/convergence` and `figures/<profile>/convergence.png`.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -39,6 +44,12 @@ runs = {  # run name -> run_search arguments; "target" is the sparsity (seed mod
 }
 seed = 0
 dtype = "bfloat16"  # of the search's fitness evaluations
+method_targets = [0.45, 0.5, 0.6, 0.7]
+method_criteria = ["magnitude", "wanda"]
+method_windows = 1
+method_budget = {"population": 4, "generations": 2, "fitness_windows": 1}
+removal = {"k": 2, "population": 4, "generations": 2, "fitness_windows": 1}
+export_windows = 1
 
 # %%
 from IPython.display import Image, Markdown
@@ -51,8 +62,8 @@ data_setting = results.resolve_data(data)
 print(f"reports: {paths.reports}")
 
 # %%
-searches = {name: run_search(model, data_setting, out=paths.search(name), criterion=criterion, seed=seed,
-                             test_windows=test_windows, dtype=dtype, **run)
+searches = {name: run_search(model, data_setting, out=paths.search(name), **{
+                 "criterion": criterion, "seed": seed, "test_windows": test_windows, "dtype": dtype, **run})
             for name, run in runs.items()}
 
 # %% [markdown]
@@ -91,3 +102,35 @@ histories = {mode: results.read_csv(paths.search(mode) / "history.csv") for mode
 results.write_table([{"mode": mode, **row} for mode, rows in histories.items() for row in rows],
                     paths.table("convergence"))
 Image(plots.save_figure(plots.convergence(histories), paths.figure("convergence")))
+
+# %% [markdown]
+# ## Beyond the study: the search at every target and criterion, and whole-block removal
+
+# %%
+method_ga = experiments.ga_sweep(model, data_setting, method_targets, method_criteria, method_budget,
+                                 paths.search("methods"), method_windows, seed)
+Markdown(results.markdown_table(experiments.pivot(method_ga)))
+
+# %%
+removal_ga = experiments.removal_run(setup, out=paths.search("removal"), test_windows=method_windows, seed=seed,
+                                     **removal)
+Markdown(results.markdown_table([removal_ga["test"]]))
+
+# %% [markdown]
+# ## Export: the pruned models as Hugging Face directories, reloaded
+
+# %%
+best_wanda = min((r for r in method_ga if r["criterion"] == "wanda"), key=lambda r: r["target"])
+experiments.use_criterion(setup, "wanda")
+exports = [experiments.export_check(setup, experiments.export_dir(profile, "ga-wanda"), genome=best_wanda["genome"],
+                                    n_windows=export_windows)]
+experiments.use_criterion(setup, criterion)
+exports.append(experiments.export_check(setup, experiments.export_dir(profile, "removal"),
+                                        removed=removal_ga["removed"], n_windows=export_windows))
+results.write_json(paths.record("methods_ga"), {
+    "rows": method_ga, "removal_ga": removal_ga, "exports": exports,
+    "provenance": results.provenance(notebook="03_ga_search", model=model, data=data_setting, seed=seed,
+                                     targets=method_targets, criteria=method_criteria, budget=method_budget,
+                                     removal=removal, test_windows=method_windows,
+                                     dtype=experiments.METHOD_DTYPE)})
+Markdown(results.markdown_table(exports))

@@ -16,8 +16,9 @@
 # %% [markdown]
 # # 04 · Analysis
 # Reads the records of notebooks 01–03 from `reports/<profile>/` (no model runs unless `interactive`) and writes
-# Figure 1 (uniform curve, GA results, the study's published points), Figure 2 (layer-wise profiles), the results
-# table in the study's format, `summary.json` and `REPORT.md`.
+# Figure 1 (uniform curve, GA results, the study's published points), Figure 2 (layer-wise profiles), Figure 3
+# (criteria x allocations and block removal), the results table in the study's format, `summary.json` and
+# `REPORT.md`.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -55,6 +56,18 @@ Image(plots.save_figure(
     plots.layer_profile({g["run"]: g["genome"] for g in summary["ga"]}, summary["ga"][0]["min_sparsity"],
                         study["ga"]["genome"] if n_genes == len(study["ga"]["genome"]) else None),
     paths.figure("figure2_layer_profile")))
+
+# %% [markdown]
+# ## Figure 3: criteria, allocations and block removal (beyond the study)
+
+# %%
+methods = summary["methods"]
+Image(plots.save_figure(plots.methods(methods["rows"], methods["removal_points"], methods["dense_ppl"],
+                                      summary["model"]), paths.figure("figure3_methods")))
+
+# %%
+Markdown(results.markdown_table(report.methods_table(summary)) + "\n" + report.wanda_targets(summary) + "\n\n"
+         + results.markdown_table(report.removal_table(summary)))
 
 # %% [markdown]
 # ## Results table

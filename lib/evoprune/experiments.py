@@ -159,3 +159,182 @@ def min_sparsity(config: dict) -> float:
     """The sparsity a search guarantees: exactly its target in default mode; in seed mode (a penalty below
     target - tolerance, no upper bound, as published) at least target - tolerance."""
     return round(config["target"] - config.get("tolerance", 0.0), 6) if config["mode"] == "seed" else config["target"]
+
+
+# --- beyond the study (issue 6): criteria, allocations without search, whole-block removal, export -------------
+# Measured like the issue's references: bfloat16 (block matrices stored in bf16, under autocast), the first
+# ``n_windows`` test windows, primary protocol.
+
+METHOD_DTYPE = "bfloat16"
+
+
+def use_criterion(setup: Setup, criterion: str) -> None:
+    """Switch the setup's pruning criterion (the dense model comes back first)."""
+    if setup.pruner is not None:
+        setup.pruner.restore()
+    setup.criterion, setup.pruner = criterion, None
+
+
+def fast_ppl(model, wins, dtype: str = METHOD_DTYPE) -> float:
+    return perplexity.primary(model, wins, dtype=perplexity.get_dtype(dtype)).ppl
+
+
+def allocation_sweep(setup: Setup, targets: list[float], criteria: list[str], sensitivity: list[float],
+                     n_windows: int, progress: bool = True) -> list[dict]:
+    """Test perplexity of every allocation that needs no search, per criterion and target: uniform, OWL,
+    sensitivity-ranked (from 01's scan), and one global magnitude threshold (magnitude only)."""
+    from tqdm.auto import tqdm
+    from evoprune.pruning import global_magnitude_counts, outlier_ratios, owl_rates, sensitivity_rates
+    wins = perplexity.windows(setup.tokens("test").ids, max_windows=n_windows)
+    ratios = outlier_ratios(setup.model, perplexity.windows(setup.tokens("validation").ids,
+                                                            max_windows=CALIBRATION_WINDOWS))
+    rows = []
+    for criterion in criteria:
+        use_criterion(setup, criterion)
+        fast = setup.apply(0.0).in_dtype(perplexity.get_dtype(METHOD_DTYPE))
+        for target in tqdm(targets, desc=f"allocations ({criterion})", disable=not progress):
+            allocations = {"uniform": [target] * setup.n_blocks, "OWL": owl_rates(ratios, target),
+                           "sensitivity": sensitivity_rates(sensitivity, target)}
+            if criterion == "magnitude":
+                allocations["global"] = global_magnitude_counts(fast, target)
+            for method, allocation in allocations.items():
+                if method == "global":
+                    fast.set_counts(allocation)
+                else:
+                    fast.apply(allocation)
+                rows.append({"criterion": criterion, "method": method, "target": target,
+                             "block_sparsity": fast.block_sparsity(), "test_ppl": fast_ppl(fast.model, wins),
+                             "test_windows": len(wins), "dtype": METHOD_DTYPE, "genome": fast.genome})
+        del fast
+    use_criterion(setup, "magnitude")
+    return rows
+
+
+def dense_twin(setup: Setup):
+    """A copy of the dense model with its block matrices in bfloat16 (``Pruner.in_dtype``) for fast scoring."""
+    return setup.apply(0.0).in_dtype(perplexity.get_dtype(METHOD_DTYPE)).model
+
+
+def removal_ppl(fast_model, removed, wins) -> float:
+    with models.BlocksRemoved(fast_model, removed) as smaller:
+        return fast_ppl(smaller, wins)
+
+
+def removal_latency(setup: Setup, removed, new_tokens: int = 16) -> dict:
+    """Parameters and float32 latency of the model with ``removed`` blocks physically gone."""
+    setup.apply(0.0)
+    with models.BlocksRemoved(setup.model, removed) as smaller:
+        timing = models.latency(smaller, setup.tokens("test").ids[:32], new_tokens=new_tokens, repeats=1)
+        return {"blocks": len(models.blocks(smaller)), "parameters": sum(p.numel() for p in smaller.parameters()),
+                "ms_per_token": timing["ms_per_token"], "ms_per_forward": timing["ms_per_forward"]}
+
+
+def block_removals(setup: Setup, n_windows: int, pairs_up_to: int = 12, progress: bool = True) -> dict:
+    """Test perplexity with every single block removed, and every pair when the model has at most
+    ``pairs_up_to`` blocks (66 pairs for GPT-2; SmolLM2's 30 blocks make 435, so skipped there). Blocks are the
+    same size, so parameters and latency depend only on the depth: measured once per depth (float32), on the
+    best set of that depth."""
+    from itertools import combinations
+    from tqdm.auto import tqdm
+    wins = perplexity.windows(setup.tokens("test").ids, max_windows=n_windows)
+    fast = dense_twin(setup)
+    n = setup.n_blocks
+
+    def rows(sets, desc):
+        return [{"removed": list(s), "test_ppl": removal_ppl(fast, s, wins)}
+                for s in tqdm(sets, desc=desc, disable=not progress)]
+
+    tables = {"single": rows([(b,) for b in range(n)], "remove one block"),
+              "pairs": rows(list(combinations(range(n), 2)), "remove two blocks") if n <= pairs_up_to else None}
+    dense = {"removed": [], "test_ppl": fast_ppl(fast, wins), **removal_latency(setup, [])}
+    depths = [dense]
+    for table in (t for t in tables.values() if t):
+        best = min(table, key=lambda r: r["test_ppl"])
+        depths.append({**best, **removal_latency(setup, best["removed"])})
+    return {"test_windows": len(wins), "dtype": METHOD_DTYPE, "latency_dtype": REPORTED_DTYPE,
+            "dense_blocks": n, "depths": depths, **tables}
+
+
+def removal_run(setup: Setup, k: int, out, population: int, generations: int, fitness_windows: int,
+                test_windows: int, seed: int = 0) -> dict:
+    """The DEAP-style GA over sets of exactly ``k`` removed blocks, fitness = validation perplexity (bf16,
+    ``fitness_windows``), then the best set measured like ``block_removals``. Written to ``out/result.json``;
+    a finished run with the same settings is read back."""
+    import time
+    from pathlib import Path
+    from evoprune.results import read_json, write_json
+    from evoprune.search import removal_search
+    settings = {"k": k, "population": population, "generations": generations, "fitness_windows": fitness_windows,
+                "test_windows": test_windows, "seed": seed, "dtype": METHOD_DTYPE}
+    path = Path(out) / "result.json"
+    if path.is_file() and read_json(path)["settings"] == settings:
+        return read_json(path)
+    fast = dense_twin(setup)
+    fit = perplexity.windows(setup.tokens("validation").ids, max_windows=fitness_windows)
+    start = time.perf_counter()
+    found = removal_search(lambda removed: removal_ppl(fast, removed, fit), setup.n_blocks, k, population,
+                           generations, seed)
+    wall = time.perf_counter() - start
+    wins = perplexity.windows(setup.tokens("test").ids, max_windows=test_windows)
+    test = {"removed": found["removed"], "test_ppl": removal_ppl(fast, found["removed"], wins),
+            "test_windows": len(wins), "dtype": METHOD_DTYPE, **removal_latency(setup, found["removed"])}
+    result = {**found, "settings": settings, "wall_s": wall, "forward_tokens": found["evaluations"] * fit.numel(),
+              "test": test}
+    write_json(path, result)
+    return result
+
+
+def export_check(setup: Setup, out_dir, genome=None, removed=None, n_windows: int = 2) -> dict:
+    """Save the pruned model (``genome`` rates and/or ``removed`` blocks) as a Hugging Face directory, reload it
+    with AutoModelForCausalLM, and compare float32 test perplexity before and after."""
+    import copy
+    from transformers import AutoModelForCausalLM
+    wins = perplexity.windows(setup.tokens("test").ids, max_windows=n_windows)
+    setup.apply(0.0 if genome is None else genome)
+    model = copy.deepcopy(setup.model)
+    setup.apply(0.0)
+    if removed:
+        models.remove_blocks(model, removed)
+    before = perplexity.primary(model, wins).ppl
+    saved = models.export(model, out_dir, setup.loaded.tokenizer)
+    del model
+    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=perplexity.get_dtype(REPORTED_DTYPE)).eval()
+    after = perplexity.primary(reloaded, wins).ppl
+    return {**saved, "removed": list(removed or []), "ppl": before, "ppl_reloaded": after, "test_windows": len(wins),
+            "same_ppl": before == after}
+
+
+def ga_sweep(model: str, data: str, targets: list[float], criteria: list[str], budget: dict, out_root,
+             test_windows: int, seed: int = 0) -> list[dict]:
+    """A default-mode search per criterion and target, all at one ``budget``, measured like the allocations
+    (test numbers in bf16 on ``test_windows``). Each run lives in ``out_root/<criterion>-<target%>``."""
+    from pathlib import Path
+    from evoprune.search import run_search
+    rows = []
+    for criterion in criteria:
+        for target in targets:
+            result = run_search(model, data, target, Path(out_root) / f"{criterion}-{round(target * 100)}",
+                                criterion=criterion, seed=seed, test_windows=test_windows,
+                                test_dtype=METHOD_DTYPE, **budget)
+            rows.append({"criterion": criterion, "method": "GA", "target": target,
+                         "block_sparsity": result["block_sparsity"], "test_ppl": result["test_ppl"],
+                         "test_windows": result["provenance"]["protocols"]["test_ppl"]["n_windows"],
+                         "dtype": METHOD_DTYPE, "genome": result["genome"], "fitness": result["fitness"],
+                         "uniform_fitness": result["uniform"]["fitness"], "evaluations": result["evaluations"],
+                         "forward_tokens": result["forward_tokens"], "wall_s": result["wall_s"]})
+    return rows
+
+
+def export_dir(profile: str, name: str):
+    """Where exported models go: under data/cache (git-ignored: a SmolLM2 export is ~0.5 GB)."""
+    from evoprune.data import CACHE_DIR
+    return CACHE_DIR / "exports" / profile / name
+
+
+def pivot(rows: list[dict]) -> list[dict]:
+    """Method rows as a table: one line per criterion and method, one column of test perplexity per target."""
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        line = table.setdefault((r["criterion"], r["method"]), {"criterion": r["criterion"], "method": r["method"]})
+        line[f"{r['target']:.0%}"] = r["test_ppl"]
+    return sorted(table.values(), key=lambda line: line["criterion"])  # stable: methods keep their order

@@ -112,3 +112,29 @@ def figure1(uniform_rows: list[dict], ga_rows: list[dict], study: dict | None = 
            title="Uniform vs evolutionary layer-wise pruning")
     ax.legend(fontsize=7)
     return fig
+
+
+CRITERION_STYLES = {"magnitude": "-", "wanda": "--"}
+METHOD_COLORS = {"uniform": "tab:blue", "OWL": "tab:red", "sensitivity": "tab:olive", "global": "tab:cyan",
+                 "GA": "tab:green"}
+
+
+def methods(rows: list[dict], removal: list[dict], dense_ppl: float, model: str = "") -> Figure:
+    """Figure 3: test perplexity against block sparsity, one line per criterion x method, plus whole-block
+    removal (x = the share of block weights removed) and the dense level."""
+    fig, ax = _figure(7.5, 4.6)
+    lines: dict[tuple, list] = {}
+    for r in rows:
+        lines.setdefault((r["criterion"], r["method"]), []).append((r["block_sparsity"] * 100, r["test_ppl"]))
+    for (criterion, method), points in lines.items():
+        points.sort()
+        ax.plot(*zip(*points), CRITERION_STYLES.get(criterion, ":") + "o", ms=3.5,
+                color=METHOD_COLORS.get(method, "tab:purple"), label=f"{method}, {criterion}")
+    if removal:
+        ax.plot([r["share"] * 100 for r in removal], [r["test_ppl"] for r in removal], "kD", ms=5,
+                label="whole blocks removed")
+    ax.axhline(dense_ppl, color="0.5", lw=0.8, ls=":", label="dense")
+    ax.set(xlabel="block sparsity (%)", ylabel="test perplexity (log)", yscale="log",
+           title=f"Criteria, allocations and block removal{f' — {model}' if model else ''}")
+    ax.legend(fontsize=7, ncol=2)
+    return fig

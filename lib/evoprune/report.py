@@ -9,7 +9,8 @@ from evoprune import EvopruneError
 from evoprune.experiments import PROTOCOLS, REPORTED_DTYPE
 from evoprune.results import ROOT, ReportPaths, markdown_table, read_json, study_published, validate_summary
 
-RECORDS = {"baseline": "01_baseline", "uniform_sweep": "02_uniform_sweep", "ga": "03_ga_search"}
+RECORDS = {"baseline": "01_baseline", "uniform_sweep": "02_uniform_sweep", "ga": "03_ga_search",
+           "allocations": "02_uniform_sweep", "methods_ga": "03_ga_search"}
 GA_FIELDS = ("run", "mode", "fitness_split", "min_sparsity", "criterion", "target", "block_sparsity", "genome", "fitness", "test_ppl", "seed_protocol_ppl",
              "evaluations", "forward_tokens", "wall_s")
 STATUS = ((1.5, "near dense"), (4.0, "degraded"))  # PPL / dense PPL up to these bounds; above: collapsed
@@ -56,8 +57,68 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
                     for r in sweep["rows"]],
         "ga": [{k: r[k] for k in GA_FIELDS} for r in ga["rows"]],
         "generalization": ga["generalization"],
+        "methods": methods_summary(records["allocations"], records["methods_ga"]),
     }
     return validate_summary(summary)
+
+
+def methods_summary(allocations: dict, methods_ga: dict) -> dict:
+    """Issue 6's comparison: every criterion x allocation (GA included) per target, whole-block removal and the
+    exports, all on the same windows and dtype (checked)."""
+    removal = allocations["block_removal"]
+    rows = [{k: v for k, v in r.items() if k != "genome"} for r in allocations["rows"] + methods_ga["rows"]]
+    seen = {(r["test_windows"], r["dtype"]) for r in rows} | {(removal["test_windows"], removal["dtype"])}
+    if len(seen) != 1:
+        raise EvopruneError(f"02 and 03 measured the methods on different windows or dtypes {sorted(seen)}: re-run "
+                            f"them with the same method_windows.")
+    windows, dtype = seen.pop()
+    n = removal["dense_blocks"]
+    removal_ga = methods_ga["removal_ga"]
+    removed = [{"removed": r["removed"], "share": len(r["removed"]) / n, "test_ppl": r["test_ppl"]}
+               for r in removal["depths"][1:] + [removal_ga["test"]]]
+    return {"test_windows": windows, "dtype": dtype, "dense_ppl": removal["depths"][0]["test_ppl"], "rows": rows,
+            "genomes": {f"{r['criterion']}-{r['target']:.0%}": r["genome"] for r in methods_ga["rows"]},
+            "removal_depths": removal["depths"], "removal_points": removed,
+            "removal_ga": {k: v for k, v in removal_ga.items() if k != "history"},
+            "single_removal": removal["single"], "exports": methods_ga["exports"]}
+
+
+def methods_table(summary: dict) -> list[dict]:
+    """One line per criterion x method; per target, test perplexity and its ratio to dense."""
+    from evoprune.experiments import pivot
+    dense = summary["methods"]["dense_ppl"]
+    table = pivot(summary["methods"]["rows"])
+    for line in table:
+        for key in [k for k in line if k.endswith("%")]:
+            line[key] = f"{line[key]:.4g} ({line[key] / dense:.2f}x)"
+    return table
+
+
+def removal_table(summary: dict) -> list[dict]:
+    m = summary["methods"]
+    ga = m["removal_ga"]
+    best = {len(d["removed"]): d for d in m["removal_depths"]}
+    rows = [{"Removed blocks": ", ".join(map(str, d["removed"])) or "none (dense)",
+             "How chosen": "dense" if not d["removed"] else f"best of all sets of {len(d['removed'])}",
+             **_removal_cells(d)} for d in best.values()]
+    rows.append({"Removed blocks": ", ".join(map(str, ga["removed"])),
+                 "How chosen": f"removal GA, k = {ga['settings']['k']} ({ga['evaluations']} evaluations)",
+                 **_removal_cells(ga["test"])})
+    return rows
+
+
+def _removal_cells(d: dict) -> dict:
+    return {"Blocks": d["blocks"], "Parameters": f"{d['parameters']:,}", "Perplexity": d["test_ppl"],
+            "ms / generated token": round(d["ms_per_token"], 1), "ms / 1024-token forward": round(d["ms_per_forward"])}
+
+
+def wanda_targets(summary: dict) -> str:
+    """Issue 6's targets, as measured: the GA with Wanda at 45% (<= 1.5x dense) and 60% (<= 3x dense)."""
+    m = summary["methods"]
+    ga = {r["target"]: r["test_ppl"] for r in m["rows"] if r["method"] == "GA" and r["criterion"] == "wanda"}
+    parts = [f"{t:.0%}: {ga[t] / m['dense_ppl']:.2f}x dense (target ≤ {bound}x)"
+             for t, bound in ((0.45, 1.5), (0.6, 3)) if t in ga]
+    return "GA with Wanda, " + "; ".join(parts) if parts else ""
 
 
 def status(ppl: float, dense_ppl: float) -> str:
@@ -145,6 +206,7 @@ optimized on; not comparable one to one with the rows above):
 Each GA genome against uniform at the same sparsity on `python-docs` (standard-library docstrings, a text no
 fitness saw), float32, primary protocol.
 
+{methods_section(summary)}
 ## Figures
 
 {figures}
@@ -199,11 +261,45 @@ Generalization, on a second text no fitness saw (`python-docs`):
 ![Figure 1](figures/{profile}/figure1.png)
 ![Figure 2](figures/{profile}/figure2_layer_profile.png)
 
+Beyond the study: criteria (magnitude, Wanda) x allocations (uniform, OWL, sensitivity-ranked, one global
+threshold, the GA at a small budget), test perplexity in {summary['methods']['dtype']} on the first
+{summary['methods']['test_windows']} test windows (dense {summary['methods']['dense_ppl']:.4g} there). Whole-block
+removal and the export round trip are in the report.
+
+{markdown_table(methods_table(summary))}
+{wanda_targets(summary)}.
+
+![Figure 3](figures/{profile}/figure3_methods.png)
+
 The study's **published** GPT-2 numbers, for reference only: its GA was scored on the same test windows it
 reports, so its GA row is not held out, and GPT-2 is not the model above.
 
 {markdown_table(study_table())}
 {END}"""
+
+
+def methods_section(summary: dict) -> str:
+    m = summary["methods"]
+    exports = [{k: e[k] for k in ("dir", "parameters", "nonzero_parameters", "bytes_on_disk", "ppl", "ppl_reloaded",
+                                  "same_ppl")} for e in m["exports"]]
+    for e in exports:
+        e["dir"] = Path(e["dir"]).name
+    return f"""## Beyond the study: criteria, allocations without search, whole-block removal
+
+Test perplexity, {m['dtype']} (block matrices stored in bf16 under autocast), the first {m['test_windows']} test
+windows, primary protocol; dense is {m['dense_ppl']:.4g} on these windows. GA rows: `default` mode at one small
+budget for every cell (see `reports/<profile>/search/methods/`), fitness on validation.
+
+{markdown_table(methods_table(summary))}
+{wanda_targets(summary)}.
+
+Whole blocks physically removed (latency in float32, median of greedy generation and of one forward):
+
+{markdown_table(removal_table(summary))}
+Exported as Hugging Face directories and reloaded with `AutoModelForCausalLM` (float32 perplexity before and
+after, on {m['exports'][0]['test_windows']} test windows):
+
+{markdown_table(exports)}"""
 
 
 def search_lines(summary: dict) -> str:
