@@ -76,3 +76,37 @@ def test_second_text_is_held_out_only(capsys):
                  "--json"])
     assert code == 0 and json.loads(capsys.readouterr().out)["provenance"]["data"]["source"].startswith("python-docs")
     assert main(["eval", "--model", "tiny-gpt2", "--data", "python-docs", "--split", "validation"]) == 2
+
+
+def test_export_writes_a_model_that_reloads_to_the_same_logits(capsys, data_dir, tmp_path):
+    import argparse
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from evoprune.cli import pruned_model
+    args = ["--model", "tiny-gpt2", "--data", data_dir, "--seq-len", "256", "--rates", "0.5", "--criterion", "wanda",
+            "--remove-blocks", "2,5"]
+    assert main(["export", *args, "--out", str(tmp_path / "m")]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert saved["nonzero_parameters"] < saved["parameters"] and saved["removed_blocks"] == [2, 5]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert reloaded.config.n_layer == 10
+    namespace = argparse.Namespace(model="tiny-gpt2", data=data_dir, seq_len=256, rates="0.5", criterion="wanda",
+                                   remove_blocks="2,5")
+    loaded, _ = pruned_model(namespace)
+    ids = torch.arange(64).view(1, -1)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, loaded.model(ids).logits)
+
+
+@pytest.mark.parametrize("blocks, message", [
+    ("a,b", "block indices"),
+    (",".join(map(str, range(12))), "cannot remove all"),
+    ("12", "must be in 0..11"),
+])
+def test_export_refuses_bad_block_lists(capsys, data_dir, tmp_path, blocks, message):
+    code = main(["export", "--model", "tiny-gpt2", "--data", data_dir, "--remove-blocks", blocks,
+                 "--out", str(tmp_path / "m")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

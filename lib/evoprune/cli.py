@@ -1,4 +1,4 @@
-"""Command line: ``python -m evoprune eval|search ...``. Errors print one line naming the fix and exit 2."""
+"""Command line: ``python -m evoprune eval|export|search|check|notebook ...``. Errors print one line naming the fix and exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -44,31 +44,69 @@ def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
     p.add_argument("--dtype", default=dtype, help=f"float32 or bfloat16 (default {dtype})")
 
 
-def cmd_eval(args) -> dict:
+def parse_blocks(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise EvopruneError(f"--remove-blocks {text!r}: give block indices separated by commas, e.g. 3,7.") from None
+
+
+def pruned_model(args):
+    """The model pruned to ``--rates`` by ``--criterion`` (Wanda calibrated on validation windows), with
+    ``--remove-blocks`` physically removed; returns (loaded model, pruner)."""
     from evoprune import models, perplexity
     from evoprune.data import load_tokens
-    from evoprune.pruning import Pruner
-    from evoprune.results import provenance
+    from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion
 
     rates = parse_rates(args.rates)
+    removed = parse_blocks(args.remove_blocks)
+    loaded = models.load_model(args.model)
+    n_blocks = len(models.blocks(loaded.model))
+    calibration = None
+    if get_criterion(args.criterion).needs_calibration:
+        calibration = perplexity.windows(load_tokens(loaded.tokenizer, args.data, "validation").ids, args.seq_len,
+                                         CALIBRATION_WINDOWS)
+    genes_per_block = 2 if isinstance(rates, list) and len(rates) == 2 * n_blocks else 1
+    pruner = Pruner(loaded.model, args.criterion, genes_per_block, calibration)
+    pruner.apply(rates if isinstance(rates, list) else [rates] * pruner.n_genes)
+    if removed:
+        models.remove_blocks(loaded.model, removed)
+    return loaded, pruner
+
+
+def cmd_eval(args) -> dict:
+    from evoprune import perplexity
+    from evoprune.data import load_tokens
+    from evoprune.results import provenance
+
     dtype = perplexity.get_dtype(args.dtype)
     if args.protocol not in perplexity.PROTOCOLS:
         raise EvopruneError(f"unknown protocol {args.protocol!r}: use one of {', '.join(perplexity.PROTOCOLS)}.")
-    loaded = models.load_model(args.model)
+    loaded, pruner = pruned_model(args)
     tokens = load_tokens(loaded.tokenizer, args.data, args.split)
-    n_blocks = len(models.blocks(loaded.model))
-    genes_per_block = 2 if isinstance(rates, list) and len(rates) == 2 * n_blocks else 1
-    pruner = Pruner(loaded.model, args.criterion, genes_per_block)
-    pruner.apply(rates if isinstance(rates, list) else [rates] * pruner.n_genes)
     start = time.perf_counter()
     result = perplexity.measure(loaded.model, tokens.ids, args.protocol, args.seq_len, args.max_windows,
                                 args.stride, args.batch_size, dtype, progress=not args.json)
     seconds = time.perf_counter() - start
     return {**result.as_dict(), "block_sparsity": pruner.block_sparsity(),
             "model_sparsity": pruner.model_sparsity(), "seconds": seconds, "genome": pruner.genome,
+            "removed_blocks": parse_blocks(args.remove_blocks),
             "provenance": provenance(model=args.model, weights=loaded.weights_hash, data=tokens.provenance(),
                                      criterion=args.criterion, seq_len=args.seq_len, stride=args.stride,
                                      max_windows=args.max_windows, dtype=args.dtype)}
+
+
+def cmd_export(args) -> dict:
+    """Save the pruned model as a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads."""
+    from evoprune import models
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise EvopruneError(f"--out {out} is not empty: give a new directory.")
+    loaded, pruner = pruned_model(args)
+    return {**models.export(loaded.model, out, loaded.tokenizer), "genome": pruner.genome,
+            "removed_blocks": parse_blocks(args.remove_blocks), "criterion": args.criterion}
 
 
 def model_available(name: str) -> bool:
@@ -118,7 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-windows", type=int, default=None)
     ev.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
     ev.add_argument("--out", help="also write the JSON object to this file")
+    ev.add_argument("--remove-blocks", help="blocks to remove physically, e.g. 3,7 (after pruning)")
     ev.set_defaults(run=cmd_eval)
+
+    ex = sub.add_parser("export", help="save a pruned model as a Hugging Face model directory (safetensors)")
+    add_model_args(ex)
+    ex.add_argument("--rates", default="0", help="0.45, a comma-separated list, or a .json genome file")
+    ex.add_argument("--remove-blocks", help="blocks to remove physically, e.g. 3,7 (after pruning)")
+    ex.add_argument("--out", required=True, help="a new directory for config.json and model.safetensors")
+    ex.set_defaults(run=cmd_export)
 
     check = sub.add_parser("check", help="fail fast if a profile's model or data is unavailable here")
     check.add_argument("--profile", required=True)
@@ -139,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result is not None:
-        if getattr(args, "out", None) and args.command == "eval":
+        if getattr(args, "out", None) and args.command == "eval":  # export's --out is the model directory
             from evoprune.results import write_json
             write_json(args.out, result)
         print(json.dumps(result) if getattr(args, "json", False) else json.dumps(result, indent=2))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from evoprune import models, perplexity
+from evoprune import EvopruneError, models, perplexity
 from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
 from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion
 
@@ -267,8 +267,12 @@ def removal_run(setup: Setup, k: int, out, population: int, generations: int, fi
     settings = {"k": k, "population": population, "generations": generations, "fitness_windows": fitness_windows,
                 "test_windows": test_windows, "seed": seed, "dtype": METHOD_DTYPE}
     path = Path(out) / "result.json"
-    if path.is_file() and read_json(path)["settings"] == settings:
-        return read_json(path)
+    if path.is_file():
+        saved = read_json(path)
+        if saved["settings"] != settings:
+            raise EvopruneError(f"{path} holds a different removal search ({saved['settings']}): use another "
+                                f"directory, or delete it to start over.")
+        return saved
     fast = dense_twin(setup)
     fit = perplexity.windows(setup.tokens("validation").ids, max_windows=fitness_windows)
     start = time.perf_counter()

@@ -1,0 +1,66 @@
+"""Issue 6's measurements on tiny-gpt2: allocations without search, whole-block removal, the removal GA run and
+the export round trip, as the notebooks call them."""
+import pytest
+import torch
+
+from evoprune import EvopruneError, experiments
+from evoprune.models import blocks
+
+
+@pytest.fixture(scope="module")
+def setup(data_dir):
+    return experiments.load_setup("tiny-gpt2", data_dir)
+
+
+def weights(setup):
+    return {k: v.clone() for k, v in setup.model.state_dict().items()}
+
+
+def unchanged(setup, before) -> bool:
+    return all(torch.equal(v, before[k]) for k, v in setup.model.state_dict().items())
+
+
+def test_allocations_meet_each_target_and_leave_the_model_dense(setup):
+    before = weights(setup)
+    rows = experiments.allocation_sweep(setup, [0.45, 0.7], ["magnitude", "wanda"], [float(b % 5) for b in range(12)],
+                                        n_windows=1, progress=False)
+    methods = {(r["criterion"], r["method"]) for r in rows}
+    assert methods == {("magnitude", m) for m in ("uniform", "OWL", "sensitivity", "global")} | \
+        {("wanda", m) for m in ("uniform", "OWL", "sensitivity")}
+    assert len(rows) == 2 * len(methods)
+    for r in rows:
+        assert r["block_sparsity"] == pytest.approx(r["target"], abs=1e-4), r
+        assert r["test_windows"] == 1 and r["dtype"] == "bfloat16" and r["test_ppl"] > 1
+    assert unchanged(setup, before) and setup.criterion == "magnitude"
+
+
+def test_block_removal_tables_and_depths(setup):
+    before = weights(setup)
+    removal = experiments.block_removals(setup, n_windows=1, progress=False)
+    assert [r["removed"] for r in removal["single"]] == [[b] for b in range(12)]
+    assert len(removal["pairs"]) == 66  # every pair: the model has 12 blocks
+    dense, one, two = removal["depths"]
+    assert (dense["blocks"], one["blocks"], two["blocks"]) == (12, 11, 10)
+    block = dense["parameters"] - one["parameters"]
+    assert block > 0 and one["parameters"] - two["parameters"] == block
+    assert one["test_ppl"] == min(r["test_ppl"] for r in removal["single"])
+    assert len(blocks(setup.model)) == 12 and unchanged(setup, before)
+
+
+def test_removal_run_removes_k_blocks_and_is_read_back(setup, tmp_path, monkeypatch):
+    result = experiments.removal_run(setup, 3, tmp_path, population=4, generations=2, fitness_windows=1,
+                                     test_windows=1)
+    assert len(result["removed"]) == 3 and result["test"]["blocks"] == 9
+    import evoprune.search
+    monkeypatch.setattr(evoprune.search, "removal_search", lambda *a, **k: pytest.fail("recomputed"))
+    assert experiments.removal_run(setup, 3, tmp_path, population=4, generations=2, fitness_windows=1,
+                                   test_windows=1) == result
+    with pytest.raises(EvopruneError, match="different"):
+        experiments.removal_run(setup, 4, tmp_path, population=4, generations=2, fitness_windows=1, test_windows=1)
+
+
+def test_export_round_trip_gives_the_same_perplexity(setup, tmp_path):
+    saved = experiments.export_check(setup, tmp_path / "model", genome=[0.5] * 12, removed=[3], n_windows=1)
+    assert saved["same_ppl"] and saved["ppl"] == saved["ppl_reloaded"]
+    assert saved["nonzero_parameters"] < saved["parameters"] and saved["bytes_on_disk"] > 0
+    assert (tmp_path / "model" / "config.json").is_file()
