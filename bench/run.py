@@ -87,9 +87,22 @@ def evaluation_figures(data: str) -> dict:
             "bf16_ppl_rel_error_45": errors[0.45], "flops_per_eval": flops}
 
 
+def tokens_to_reach(checkpoint: dict, threshold: float) -> int | None:
+    """Forward tokens a default-mode search had spent when one of its full-fidelity evaluations first scored at
+    most ``threshold``. The checkpoint's fitness cache lists every evaluation in the order it was made."""
+    config = checkpoint["config"]
+    spent = 0
+    for _, n_windows, value in checkpoint["cache"]:
+        spent += n_windows * config["seq_len"]
+        if n_windows == config["fitness_windows"] and value <= threshold:
+            return spent
+    return None
+
+
 def search_cost_figures(data: str) -> dict:
     """Forward tokens and wall time each mode of the committed offline run needed to reach its final best, and
-    the tokens `default` needed to reach the fitness `seed` ended with, on the same (default's) fitness data."""
+    the tokens `default` needed to reach the fitness `seed` ended with, on the same (default's) fitness data,
+    counted evaluation by evaluation."""
     runs = {name: read_json(OFFLINE / "search" / name / "result.json") for name in ("seed", "default")}
     seed, default = runs["seed"], runs["default"]
     config = default["config"]
@@ -98,17 +111,19 @@ def search_cost_figures(data: str) -> dict:
     pruner.apply(seed["genome"])
     wins = perplexity.windows(load_tokens(loaded.tokenizer, data, config["fitness_split"]).ids, config["seq_len"],
                               config["fitness_windows"])
-    seed_on_default_data = perplexity.primary(loaded.model, wins, dtype=perplexity.get_dtype(config["dtype"])).ppl
-    history = read_csv(OFFLINE / "search" / "default" / "history.csv")
-    reached = next((row for row in history if row["best"] <= seed_on_default_data), None)
+    fast = pruner.in_dtype(perplexity.get_dtype(config["dtype"]))  # how the search scored its genomes
+    seed_on_default_data = perplexity.primary(fast.model, wins, dtype=perplexity.get_dtype(config["dtype"])).ppl
+    reached = tokens_to_reach(read_json(OFFLINE / "search" / "default" / "checkpoint.json"), seed_on_default_data)
     figures = {f"{name}_best_found_at": r["best_found_at"] for name, r in runs.items()}
     figures.update({
         "best_found_token_ratio": default["best_found_at"]["forward_tokens"] / seed["best_found_at"]["forward_tokens"],
         "best_found_wall_ratio": default["best_found_at"]["wall_s"] / seed["best_found_at"]["wall_s"],
+        "seed_forward_tokens": seed["forward_tokens"],
         "seed_final_fitness_on_default_data": seed_on_default_data,
-        "default_tokens_to_reach_seed": reached["forward_tokens"] if reached else None,
-        "search_token_ratio": (reached["forward_tokens"] / seed["best_found_at"]["forward_tokens"]
-                               if reached else None),
+        "default_tokens_to_reach_seed": reached,
+        "search_token_ratio": reached / seed["forward_tokens"] if reached else None,
+        "search_token_ratio_vs_seed_best_found": (reached / seed["best_found_at"]["forward_tokens"]
+                                                  if reached else None),
     })
     return figures
 
@@ -161,8 +176,9 @@ def main() -> None:
               f"forward tokens, seed after {figures['seed_best_found_at']['forward_tokens']:,} "
               f"(ratio {figures['best_found_token_ratio']:.3f}; wall {figures['best_found_wall_ratio']:.3f})")
         print(f"default reached seed's final fitness ({figures['seed_final_fitness_on_default_data']:.2f} on "
-              f"default's fitness windows) after {figures['default_tokens_to_reach_seed']} tokens: "
-              f"ratio {figures['search_token_ratio']}")
+              f"default's fitness windows) after {figures['default_tokens_to_reach_seed']} tokens; seed used "
+              f"{figures['seed_forward_tokens']:,}: ratio {figures['search_token_ratio']} (against the tokens seed "
+              f"needed to reach its own final best: {figures['search_token_ratio_vs_seed_best_found']})")
     print(f"peak resident memory of a short search: {figures['peak_rss_gib']:.2f} GiB")
     print(f"last committed offline run: {figures['offline_wall_s']} s")
     for key, target in TARGETS.items():
