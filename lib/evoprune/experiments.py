@@ -188,7 +188,7 @@ def allocation_sweep(setup: Setup, targets: list[float], criteria: list[str], se
     wins = perplexity.windows(setup.tokens("test").ids, max_windows=n_windows)
     ratios = outlier_ratios(setup.model, perplexity.windows(setup.tokens("validation").ids,
                                                             max_windows=CALIBRATION_WINDOWS))
-    rows = []
+    rows, own_criterion = [], setup.criterion
     for criterion in criteria:
         use_criterion(setup, criterion)
         fast = setup.apply(0.0).in_dtype(perplexity.get_dtype(METHOD_DTYPE))
@@ -206,7 +206,7 @@ def allocation_sweep(setup: Setup, targets: list[float], criteria: list[str], se
                              "block_sparsity": fast.block_sparsity(), "test_ppl": fast_ppl(fast.model, wins),
                              "test_windows": len(wins), "dtype": METHOD_DTYPE, "genome": fast.genome})
         del fast
-    use_criterion(setup, "magnitude")
+    use_criterion(setup, own_criterion)
     return rows
 
 
