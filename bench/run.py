@@ -23,7 +23,7 @@ from evoprune import perplexity
 from evoprune.data import load_tokens
 from evoprune.models import load_model, timings
 from evoprune.pruning import Pruner
-from evoprune.results import ROOT, read_csv, read_json
+from evoprune.results import ROOT, provenance, read_csv, read_json, write_json
 
 SEQ_LEN, N_WINDOWS = 1024, 4
 OFFLINE = ROOT / "reports" / "offline"
@@ -183,6 +183,7 @@ def main() -> None:
     print(f"last committed offline run: {figures['offline_wall_s']} s")
     for key, target in TARGETS.items():
         print(f"  {key}: {figures.get(key)}  (target {target})")
+    write_json(ROOT / "reports" / "bench.json", {"figures": figures, "provenance": provenance(command="make bench")})
     print(json.dumps(figures))
 
 

@@ -48,3 +48,9 @@ def test_beyond_the_study_rows_meet_their_targets_and_exports_round_trip(summary
             assert {(criterion, m, target) for m in ("uniform", "OWL", "GA")} <= cells
     assert len(methods["removal_ga"]["removed"]) == methods["removal_ga"]["settings"]["k"]
     assert all(e["same_ppl"] for e in methods["exports"])
+
+
+def test_readme_shows_the_bench_record():
+    from evoprune.report import BENCH, bench_section
+    assert BENCH.is_file(), "reports/bench.json is missing: run `make bench`, then `make readme`"
+    assert bench_section(read_json(BENCH)) in README.read_text(), "README performance table differs: `make readme`"

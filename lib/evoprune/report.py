@@ -11,8 +11,8 @@ from evoprune.results import ROOT, ReportPaths, markdown_table, read_json, study
 
 RECORDS = {"baseline": "01_baseline", "uniform_sweep": "02_uniform_sweep", "ga": "03_ga_search",
            "allocations": "02_uniform_sweep", "methods_ga": "03_ga_search"}
-GA_FIELDS = ("run", "mode", "fitness_split", "min_sparsity", "criterion", "target", "block_sparsity", "genome", "fitness", "test_ppl", "seed_protocol_ppl",
-             "evaluations", "forward_tokens", "wall_s")
+GA_FIELDS = ("run", "mode", "fitness_split", "min_sparsity", "criterion", "target", "block_sparsity", "genome",
+             "fitness", "test_ppl", "seed_protocol_ppl", "uniform_at_target", "evaluations", "forward_tokens", "wall_s")
 STATUS = ((1.5, "near dense"), (4.0, "degraded"))  # PPL / dense PPL up to these bounds; above: collapsed
 
 
@@ -255,6 +255,8 @@ Search budgets and what they bought (fitness in the dtype shown, on validation w
 
 {search_lines(summary)}
 
+{findings(summary)}
+
 Generalization, on a second text no fitness saw (`python-docs`):
 
 {markdown_table(summary["generalization"])}
@@ -302,6 +304,32 @@ after, on {m['exports'][0]['test_windows']} test windows):
 {markdown_table(exports)}"""
 
 
+def findings(summary: dict) -> str:
+    """The README's measured findings in a few sentences, every number read from the summary."""
+    dense, m = summary["dense"]["test_ppl"], summary["methods"]
+    uniform = {round(u["sparsity"], 6): u["test_ppl"] for u in summary["uniform"]}
+    lines = []
+    for g in (g for g in summary["ga"] if g["mode"] == "default"):
+        lines.append(f"The `{g['run']}` search at {g['target']:.0%} is {g['test_ppl'] / dense:.2f}x dense and "
+                     f"{g['test_ppl'] / uniform[round(g['target'], 6)]:.2f}x uniform on test, against "
+                     f"{g['fitness'] / g['uniform_at_target']['fitness']:.2f}x uniform on its own validation "
+                     f"fitness windows.")
+    cell = {(r["criterion"], r["method"], r["target"]): r["test_ppl"] for r in m["rows"]}
+    if ("wanda", "uniform", 0.45) in cell and ("magnitude", "uniform", 0.45) in cell:
+        lines.append(f"At 45%, uniform Wanda is {cell['wanda', 'uniform', 0.45] / m['dense_ppl']:.2f}x dense where "
+                     f"uniform magnitude is {cell['magnitude', 'uniform', 0.45] / m['dense_ppl']:.2f}x "
+                     f"({m['test_windows']} test windows, {m['dtype']}).")
+    single = min(m["single_removal"], key=lambda r: r["test_ppl"])
+    ga = m["removal_ga"]
+    lines.append(f"Removing the best single block ({single['removed'][0]}) gives {single['test_ppl']:.4g} against "
+                 f"{m['dense_ppl']:.4g} dense; the removal GA's best set of {ga['settings']['k']} blocks "
+                 f"({ga['evaluations']} evaluations) gives {ga['test']['test_ppl']:.4g}.")
+    walls = summary["provenance"]["notebook_wall_s"]
+    lines.append("Notebook wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(walls.items()))
+                 + f"; {sum(walls.values()):.0f} s in all.")
+    return "\n".join(lines)
+
+
 def search_lines(summary: dict) -> str:
     """One line per GA run: its budget, its cost, and its test perplexity against dense and uniform."""
     dense = summary["dense"]["test_ppl"]
@@ -319,14 +347,51 @@ def search_lines(summary: dict) -> str:
     return "\n".join(lines)
 
 
+BENCH = ROOT / "reports" / "bench.json"
+BENCH_BEGIN, BENCH_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+BENCH_ROWS = (  # (label, figure, format, target)
+    ("apply a new rate vector / one bf16 evaluation", "apply_over_eval", "{:.3f}", "≤ 0.05"),
+    ("bf16 evaluation, FLOPs (2 x params x tokens) / probe matmul peak", "eval_peak_fraction", "{:.2f}", "≥ 0.45"),
+    ("the same in fp32", "eval_peak_fraction_fp32", "{:.2f}", ""),
+    ("bf16 evaluation tokens/s", "tokens_per_s_bf16", "{:,.0f}", ""),
+    ("bf16 perplexity vs fp32, largest of dense and 45%", "bf16_ppl_rel_error", "{:.2%}", "≤ 0.5%"),
+    ("apply + evaluate / plain Hugging Face forward of the same model", "overhead_ratio", "{:.3f}", "≤ 1.05"),
+    ("tokens `default` needed to reach `seed`'s final fitness / tokens `seed` used", "search_token_ratio",
+     "{:.3f}", "≤ 0.05"),
+    ("peak resident memory of a search (GiB)", "peak_rss_gib", "{:.2f}", "≤ 3"),
+    ("last committed offline run (s)", "offline_wall_s", "{:.0f}", "≤ 2700"),
+)
+
+
+def bench_section(bench: dict) -> str:
+    """The README's performance table, generated from reports/bench.json (written by ``make bench``)."""
+    figures = bench["figures"]
+    rows = [{"figure": label, "measured": fmt.format(figures[key]) if figures.get(key) is not None else "not measured",
+             "target": target} for label, key, fmt, target in BENCH_ROWS]
+    hardware = bench["provenance"]["hardware"]
+    return f"""{BENCH_BEGIN}
+<!-- generated from reports/bench.json by `make readme`; edit report.bench_section, not this -->
+`make bench` at commit `{bench['provenance']['git_commit'][:12]}` on {hardware['cpu']} ({hardware['cores']} cores,
+{figures['threads']} threads), probe matmul peaks {figures['matmul_peak_gflops_bf16']:.0f} GFLOP/s bf16 and
+{figures['matmul_peak_gflops_fp32']:.0f} GFLOP/s fp32:
+
+{markdown_table(rows)}{BENCH_END}"""
+
+
+def _replace_section(text: str, begin: str, end: str, section: str) -> str:
+    if begin not in text or end not in text:
+        raise EvopruneError(f"README.md has no {begin} ... {end} section to fill.")
+    before, rest = text.split(begin, 1)
+    return before + section + rest.split(end, 1)[1]
+
+
 def update_readme(profile: str, root: Path | None = None) -> Path:
-    """Replace the README's results section with the one generated from ``reports/<profile>/summary.json``."""
+    """Replace the README's results section with the one generated from ``reports/<profile>/summary.json``, and
+    its performance table with the one generated from ``reports/bench.json`` when that exists."""
     from evoprune.results import report_paths
-    summary = read_json(report_paths(profile, root).summary)
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        raise EvopruneError(f"README.md has no {BEGIN} ... {END} section to fill.")
-    before, rest = text.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    README.write_text(before + readme_section(summary) + after)
+    text = _replace_section(README.read_text(), BEGIN, END,
+                            readme_section(read_json(report_paths(profile, root).summary)))
+    if BENCH.exists():
+        text = _replace_section(text, BENCH_BEGIN, BENCH_END, bench_section(read_json(BENCH)))
+    README.write_text(text)
     return README
