@@ -7,11 +7,14 @@ windows of both (None: the whole split for primary, the study's 128 windows for 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from evoprune import EvopruneError, models, perplexity
 from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
 from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion
+from evoprune.results import read_json, write_json
 
 REPORTED_DTYPE = "float32"
 PROTOCOLS = {
@@ -186,6 +189,7 @@ def allocation_sweep(setup: Setup, targets: list[float], criteria: list[str], se
     from tqdm.auto import tqdm
     from evoprune.pruning import global_magnitude_counts, outlier_ratios, owl_rates, sensitivity_rates
     wins = perplexity.windows(setup.tokens("test").ids, max_windows=n_windows)
+    setup.apply(0.0)  # outlier ratios are those of the dense model
     ratios = outlier_ratios(setup.model, perplexity.windows(setup.tokens("validation").ids,
                                                             max_windows=CALIBRATION_WINDOWS))
     rows, own_criterion = [], setup.criterion
@@ -260,9 +264,6 @@ def removal_run(setup: Setup, k: int, out, population: int, generations: int, fi
     """The DEAP-style GA over sets of exactly ``k`` removed blocks, fitness = validation perplexity (bf16,
     ``fitness_windows``), then the best set measured like ``block_removals``. Written to ``out/result.json``;
     a finished run with the same settings is read back."""
-    import time
-    from pathlib import Path
-    from evoprune.results import read_json, write_json
     from evoprune.search import removal_search
     settings = {"k": k, "population": population, "generations": generations, "fitness_windows": fitness_windows,
                 "test_windows": test_windows, "seed": seed, "dtype": METHOD_DTYPE}
@@ -312,7 +313,6 @@ def ga_sweep(model: str, data: str, targets: list[float], criteria: list[str], b
              test_windows: int, seed: int = 0) -> list[dict]:
     """A default-mode search per criterion and target, all at one ``budget``, measured like the allocations
     (test numbers in bf16 on ``test_windows``). Each run lives in ``out_root/<criterion>-<target%>``."""
-    from pathlib import Path
     from evoprune.search import run_search
     rows = []
     for criterion in criteria:
