@@ -36,7 +36,7 @@ from IPython.display import Image, Markdown
 from evoprune import experiments, models, plots, results
 
 paths = results.report_paths(profile)
-setup = experiments.load_setup(model, results.resolve_data(data))
+setup = experiments.load_setup(model, results.resolve_data(data), log=paths.measurements)
 print(f"reports: {paths.reports}\nfigures: {paths.figures}")
 
 # %% [markdown]

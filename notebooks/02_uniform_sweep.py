@@ -43,7 +43,7 @@ from IPython.display import Image, Markdown
 from evoprune import experiments, plots, results
 
 paths = results.report_paths(profile)
-setup = experiments.load_setup(model, results.resolve_data(data), criterion)
+setup = experiments.load_setup(model, results.resolve_data(data), criterion, log=paths.measurements)
 sparsities = experiments.sweep_points(sweep_max, sweep_step)
 print(f"reports: {paths.reports}\nsparsities: {sparsities}")
 

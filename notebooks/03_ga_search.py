@@ -62,7 +62,7 @@ data_setting = results.resolve_data(data)
 print(f"reports: {paths.reports}")
 
 # %%
-searches = {name: run_search(model, data_setting, out=paths.search(name), **{
+searches = {name: run_search(model, data_setting, out=paths.search(name), log=paths.measurements, **{
                  "criterion": criterion, "seed": seed, "test_windows": test_windows, "dtype": dtype, **run})
             for name, run in runs.items()}
 
@@ -72,7 +72,7 @@ searches = {name: run_search(model, data_setting, out=paths.search(name), **{
 # saw (float32, primary protocol, `test_windows` windows).
 
 # %%
-setup = experiments.load_setup(model, data_setting, criterion)
+setup = experiments.load_setup(model, data_setting, criterion, log=paths.measurements)
 held_out = [experiments.generalization(setup, result, name, test_windows) for name, result in searches.items()]
 results.write_table(held_out, paths.table("generalization"))
 Markdown(results.markdown_table(held_out))
@@ -108,7 +108,7 @@ Image(plots.save_figure(plots.convergence(histories), paths.figure("convergence"
 
 # %%
 method_ga = experiments.ga_sweep(model, data_setting, method_targets, method_criteria, method_budget,
-                                 paths.search("methods"), method_windows, seed)
+                                 paths.search("methods"), method_windows, seed, paths.measurements)
 Markdown(results.markdown_table(experiments.pivot(method_ga)))
 
 # %%

@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from evoprune import EvopruneError
+from evoprune import EvopruneError, models
 from evoprune.models import load_model, parameter_counts, tiny_gpt2
 
 
@@ -37,3 +38,35 @@ def test_gpt2_small_counts_behind_the_readme_sparsity_note():
     counts = parameter_counts(GPT2LMHeadModel(GPT2Config()))
     assert round(counts["total"] / 1e6, 1) == 124.4
     assert round(0.45 * counts["prunable"] / counts["total"], 3) == 0.307
+
+
+def attention_inputs(dtype, heads=6, kv_heads=2, length=300, dim=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, h, length, dim, generator=gen).to(dtype) for h in (heads, kv_heads, kv_heads))
+    return q, k + 3.0, v  # a shared offset in the keys, as real models have: centring must not change the result
+
+
+class GroupedAttention(torch.nn.Module):
+    is_causal, num_key_value_groups = True, 3
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_blocked_causal_attention_matches_sdpa(dtype, tolerance):
+    """300 positions: blocks of 128 plus a partial one; 6 query heads over 2 KV heads (grouped queries)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    q, k, v = attention_inputs(dtype)
+    reference, _ = sdpa_attention_forward(GroupedAttention(), q.float(), k.float(), v.float(), None)
+    blocked, _ = models.blocked_causal_attention(GroupedAttention(), q, k, v, None)
+    assert blocked.shape == reference.shape == (2, 300, 6, 16) and blocked.dtype == dtype
+    assert torch.allclose(blocked.float(), reference, atol=tolerance, rtol=0)
+
+
+def test_blocked_attention_leaves_masked_input_to_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    q, k, v = attention_inputs(torch.float32, length=40)
+    mask = torch.ones(40, 40, dtype=torch.bool).tril().view(1, 1, 40, 40).clone()
+    mask[..., :5] = False  # padding at the start: not plain causal
+    mask[..., torch.arange(5), torch.arange(5)] = True
+    expected, _ = sdpa_attention_forward(GroupedAttention(), q, k, v, mask)
+    got, _ = models.blocked_causal_attention(GroupedAttention(), q, k, v, mask)
+    assert torch.equal(got, expected)

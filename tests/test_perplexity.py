@@ -67,3 +67,30 @@ def test_bfloat16_is_close_to_float32():
     model, wins = tiny_gpt2().model, random_ids(256 * 2).view(2, 256)
     fp32 = perplexity.primary(model, wins).ppl
     assert perplexity.primary(model, wins, dtype=torch.bfloat16).ppl == pytest.approx(fp32, rel=0.02)
+
+
+def test_measurement_log_reads_back_the_same_measurement_only(tmp_path, monkeypatch):
+    """A logged perplexity is read back for the same pruned state and measured anew for any other state; a line
+    cut short by a kill is measured again."""
+    from evoprune.data import Tokens
+    from evoprune.pruning import Pruner
+    from evoprune.results import MeasurementLog
+    model = tiny_gpt2().model
+    pruner = Pruner(model)
+    tokens = Tokens(random_ids(128 * 4), "random", "test", "sha")
+    path = tmp_path / "measurements.jsonl"
+    calls = []
+    measure = perplexity.measure
+    monkeypatch.setattr(perplexity, "measure", lambda *a, **k: calls.append(1) or measure(*a, **k))
+
+    def logged(log, rate):
+        pruner.apply(rate)
+        return log.perplexity(pruner, "weights", tokens, "primary", 2, "float32", seq_len=128)
+
+    first = logged(MeasurementLog(path), 0.3)
+    assert logged(MeasurementLog(path), 0.3) == first and len(calls) == 1
+    assert logged(MeasurementLog(path), 0.5).ppl != first.ppl and len(calls) == 2
+    assert logged(MeasurementLog(None), 0.3) == first and len(calls) == 3  # no log: always measured
+    with path.open("a") as f:
+        f.write('{"key": "cut sh')
+    assert logged(MeasurementLog(path), 0.5).ppl > first.ppl and len(calls) == 3

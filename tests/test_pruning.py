@@ -159,3 +159,20 @@ def test_bfloat16_twin_prunes_the_same_weights(build):
         for fp32, bf16 in zip(pruner.matrices, twin.matrices):
             assert torch.equal(fp32.weight == 0, bf16.weight == 0)
             assert torch.equal(fp32.weight.to(torch.bfloat16), bf16.weight)
+
+
+@pytest.mark.parametrize("build", [lambda: tiny_gpt2().model, lambda: tiny_llama()])
+def test_bfloat16_twin_scores_like_float32(build):
+    """The twin runs its own fast path (norm outputs cast once, blocked attention): same perplexity as float32 up
+    to bf16 rounding, while the original model keeps SDPA attention."""
+    from evoprune import perplexity
+    model = build()
+    pruner = Pruner(model)
+    twin = pruner.in_dtype(torch.bfloat16)
+    assert twin.model.config._attn_implementation != model.config._attn_implementation
+    ids = torch.randint(0, model.config.vocab_size, (4, 96), generator=torch.Generator().manual_seed(0))
+    for rate in (0.0, 0.4):
+        pruner.apply(rate)
+        twin.apply(rate)
+        fp32 = perplexity.primary(model, ids).ppl
+        assert perplexity.primary(twin.model, ids, dtype=torch.bfloat16).ppl == pytest.approx(fp32, rel=0.01)

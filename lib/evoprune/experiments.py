@@ -14,7 +14,7 @@ from pathlib import Path
 from evoprune import EvopruneError, models, perplexity
 from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
 from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion
-from evoprune.results import read_json, write_json
+from evoprune.results import MeasurementLog, read_json, resolve_data, write_json
 
 REPORTED_DTYPE = "float32"
 PROTOCOLS = {
@@ -27,10 +27,12 @@ PROTOCOLS = {
 
 @dataclass
 class Setup:
-    """A float32 model, its data setting, and one pruner that every measurement goes through."""
+    """A float32 model, its data setting, one pruner that every measurement goes through, and the log of test
+    perplexities already measured."""
     loaded: models.LoadedModel
     data: str
     criterion: str = "magnitude"
+    log: MeasurementLog = field(default_factory=MeasurementLog)
     pruner: Pruner | None = None
     _tokens: dict = field(default_factory=dict)
 
@@ -57,6 +59,12 @@ class Setup:
         self.pruner.apply(genome)
         return self.pruner
 
+    def test_ppl(self, pruner: Pruner, protocol: str, windows: int | None, dtype: str = REPORTED_DTYPE,
+                 **options) -> perplexity.Perplexity:
+        """Test perplexity of ``pruner``'s model (this setup's, or a copy in another dtype) as pruned now."""
+        return self.log.perplexity(pruner, self.loaded.weights_hash, self.tokens("test"), protocol, windows, dtype,
+                                   **options)
+
     def calibration(self):
         """Validation windows for criteria that score weights by their inputs (Wanda); None for magnitude."""
         if not get_criterion(self.criterion).needs_calibration:
@@ -64,19 +72,17 @@ class Setup:
         return perplexity.windows(self.tokens("validation").ids, max_windows=CALIBRATION_WINDOWS)
 
 
-def load_setup(model: str, data: str, criterion: str = "magnitude") -> Setup:
-    return Setup(models.load_model(model, perplexity.get_dtype(REPORTED_DTYPE)), data, criterion)
+def load_setup(model: str, data: str, criterion: str = "magnitude", log: str | Path | None = None) -> Setup:
+    """``log``: the profile's measurement log (``ReportPaths.measurements``), or None to measure every time."""
+    return Setup(models.load_model(model, perplexity.get_dtype(REPORTED_DTYPE)), data, criterion,
+                 MeasurementLog(log))
 
 
 def reported_perplexities(setup: Setup, genome, test_windows: int | None = None, batch_size: int = 4) -> dict:
     """Test perplexity of the model pruned to ``genome`` under both protocols, float32."""
     pruner = setup.apply(genome)
-    ids = setup.tokens("test").ids
-    dtype = perplexity.get_dtype(REPORTED_DTYPE)
-    primary = perplexity.measure(setup.model, ids, "primary", max_windows=test_windows, batch_size=batch_size,
-                                 dtype=dtype)
-    study = perplexity.measure(setup.model, ids, "study", max_windows=test_windows, batch_size=batch_size,
-                               dtype=dtype)
+    primary, study = (setup.test_ppl(pruner, protocol, test_windows, batch_size=batch_size)
+                      for protocol in ("primary", "study"))
     return {"genome": pruner.genome, "block_sparsity": pruner.block_sparsity(),
             "model_sparsity": pruner.model_sparsity(), "test_ppl": primary.ppl, "test_windows": primary.n_windows,
             "seed_protocol_ppl": study.ppl, "seed_protocol_windows": study.n_windows}
@@ -188,7 +194,6 @@ def allocation_sweep(setup: Setup, targets: list[float], criteria: list[str], se
     sensitivity-ranked (from 01's scan), and one global magnitude threshold (magnitude only)."""
     from tqdm.auto import tqdm
     from evoprune.pruning import global_magnitude_counts, outlier_ratios, owl_rates, sensitivity_rates
-    wins = perplexity.windows(setup.tokens("test").ids, max_windows=n_windows)
     setup.apply(0.0)  # outlier ratios are those of the dense model
     ratios = outlier_ratios(setup.model, perplexity.windows(setup.tokens("validation").ids,
                                                             max_windows=CALIBRATION_WINDOWS))
@@ -206,9 +211,10 @@ def allocation_sweep(setup: Setup, targets: list[float], criteria: list[str], se
                     fast.set_counts(allocation)
                 else:
                     fast.apply(allocation)
+                measured = setup.test_ppl(fast, "primary", n_windows, METHOD_DTYPE)
                 rows.append({"criterion": criterion, "method": method, "target": target,
-                             "block_sparsity": fast.block_sparsity(), "test_ppl": fast_ppl(fast.model, wins),
-                             "test_windows": len(wins), "dtype": METHOD_DTYPE, "genome": fast.genome})
+                             "block_sparsity": fast.block_sparsity(), "test_ppl": measured.ppl,
+                             "test_windows": measured.n_windows, "dtype": METHOD_DTYPE, "genome": fast.genome})
         del fast
     use_criterion(setup, own_criterion)
     return rows
@@ -310,22 +316,27 @@ def export_check(setup: Setup, out_dir, genome=None, removed=None, n_windows: in
 
 
 def ga_sweep(model: str, data: str, targets: list[float], criteria: list[str], budget: dict, out_root,
-             test_windows: int, seed: int = 0) -> list[dict]:
+             test_windows: int, seed: int = 0, log: str | Path | None = None) -> list[dict]:
     """A default-mode search per criterion and target, all at one ``budget``, measured like the allocations
-    (test numbers in bf16 on ``test_windows``). Each run lives in ``out_root/<criterion>-<target%>``."""
-    from evoprune.search import run_search
+    (test numbers in bf16 on ``test_windows``). Each run lives in ``out_root/<criterion>-<target%>``; the runs of
+    one criterion share the model, its pruner and the bf16 copy."""
+    from evoprune.search import SearchInputs, run_search
     rows = []
     for criterion in criteria:
+        inputs = None
         for target in targets:
-            result = run_search(model, data, target, Path(out_root) / f"{criterion}-{round(target * 100)}",
-                                criterion=criterion, seed=seed, test_windows=test_windows,
-                                test_dtype=METHOD_DTYPE, **budget)
+            out = Path(out_root) / f"{criterion}-{round(target * 100)}"
+            if inputs is None and not (out / "result.json").is_file():
+                inputs = SearchInputs(model, resolve_data(data), criterion, log=log)
+            result = run_search(model, data, target, out, criterion=criterion, seed=seed, test_windows=test_windows,
+                                test_dtype=METHOD_DTYPE, inputs=inputs, log=log, **budget)
             rows.append({"criterion": criterion, "method": "GA", "target": target,
                          "block_sparsity": result["block_sparsity"], "test_ppl": result["test_ppl"],
                          "test_windows": result["provenance"]["protocols"]["test_ppl"]["n_windows"],
                          "dtype": METHOD_DTYPE, "genome": result["genome"], "fitness": result["fitness"],
                          "uniform_fitness": result["uniform"]["fitness"], "evaluations": result["evaluations"],
                          "forward_tokens": result["forward_tokens"], "wall_s": result["wall_s"]})
+        del inputs
     return rows
 
 

@@ -125,6 +125,72 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# --- fast low-precision evaluation ----------------------------------------------------------
+
+BLOCKED_ATTENTION = "evoprune_blocked_causal"
+ATTENTION_ROWS = 128  # queries per block: the block's scores (B x heads x 128 x keys) stay small
+
+
+def blocked_causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                             is_causal=None, **kwargs):
+    """Causal self-attention as low-precision matmuls, ``ATTENTION_ROWS`` queries at a time, each block seeing
+    only the keys up to its last query: on this CPU 1.7x faster in bfloat16 than PyTorch's flash kernel. Keys
+    are centred first; a shift shared by a row of scores leaves its softmax unchanged, and smaller scores lose
+    less to bfloat16 rounding. Masks, caches, decoding and dropout go to SDPA. Hugging Face's attention
+    interface: query (B, H, T, D), key and value (B, KV, T, D); returns (B, T, H, D)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    batch, heads, length, dim = query.shape
+    if (attention_mask is not None or key.shape[2] != length or length == 1 or dropout or is_causal is False
+            or not getattr(module, "is_causal", True) or kwargs.get("position_bias") is not None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    kv_heads = key.shape[1]
+    scale = dim ** -0.5 if scaling is None else scaling
+    q = (query * scale).view(batch, kv_heads, heads // kv_heads, length, dim)  # query heads grouped by KV head
+    key = (key.float() - key.float().mean(2, keepdim=True)).to(query.dtype)
+    keys_t, values = key.unsqueeze(2).transpose(-1, -2), value.unsqueeze(2)
+    out = torch.empty_like(q)
+    with torch.autocast(query.device.type, enabled=False):
+        for start in range(0, length, ATTENTION_ROWS):
+            end = min(start + ATTENTION_ROWS, length)
+            scores = torch.matmul(q[..., start:end, :], keys_t[..., :end])
+            future = torch.ones(end - start, end, dtype=torch.bool, device=query.device).triu_(start + 1)
+            torch.matmul(scores.masked_fill_(future, float("-inf")).softmax(-1), values[..., :end, :],
+                         out=out[..., start:end, :])
+    return out.view(batch, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def register_blocked_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(BLOCKED_ATTENTION, blocked_causal_attention)
+    AttentionMaskInterface.register(BLOCKED_ATTENTION, sdpa_mask)  # no mask for plain causal input, as SDPA
+
+
+def cast_output(dtype: torch.dtype):
+    def hook(module, inputs, output):
+        return tuple(o.to(dtype) for o in output) if isinstance(output, tuple) else output.to(dtype)
+    return hook
+
+
+def run_fast_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Set up a model whose block matrices are stored in ``dtype`` to run fast under autocast: each norm inside a
+    block and the rotary tables hand their output over in ``dtype`` once (autocast would cast it again for every
+    matmul that reads it, and would run rotary embeddings in float32), and causal attention runs as
+    ``blocked_causal_attention``. The residual stream, the final norm and the loss stay float32. Changes
+    ``model`` in place; meant for a copy (``Pruner.in_dtype``)."""
+    for block in blocks(model):
+        for module in block.modules():
+            if "norm" in type(module).__name__.lower():
+                module.register_forward_hook(cast_output(dtype))
+    rotary = getattr(model.base_model, "rotary_emb", None)
+    if rotary is not None:
+        rotary.register_forward_hook(cast_output(dtype))
+    register_blocked_attention()
+    model.set_attn_implementation(BLOCKED_ATTENTION)
+    return model
+
+
 # --- loading -----------------------------------------------------------------------------
 
 def smollm2_gguf() -> Path:

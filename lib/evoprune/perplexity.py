@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from evoprune import EvopruneError
@@ -82,22 +83,24 @@ def final_hidden(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype) -> t
 
 def chunk_logits(model: nn.Module, hidden: torch.Tensor, dtype: torch.dtype):
     """Yield (first position, float32 logits) for ``HEAD_ROWS`` flattened positions at a time, so that no
-    B x L x vocab tensor is ever formed. Call under inference mode."""
+    B x L x vocab tensor is ever formed. The head's weight is cast to ``dtype`` once, not per chunk. Call under
+    inference mode."""
     head = model.get_output_embeddings()
+    weight = head.weight.to(dtype)
+    bias = None if head.bias is None else head.bias.to(dtype)
     flat = hidden.reshape(-1, hidden.shape[-1])
-    with autocast(model, dtype):
-        for start in range(0, len(flat), HEAD_ROWS):
-            yield start, head(flat[start: start + HEAD_ROWS]).float()
+    for start in range(0, len(flat), HEAD_ROWS):
+        yield start, F.linear(flat[start: start + HEAD_ROWS].to(dtype), weight, bias).float()
 
 
 @torch.inference_mode()
 def token_nll(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Negative log-likelihood of every next token: shape (B, L-1), float32."""
-    targets = batch[:, 1:].reshape(-1, 1).to(model.device)
+    targets = batch[:, 1:].reshape(-1).to(model.device)
     nll = torch.empty(len(targets), dtype=torch.float32, device=model.device)
     for start, logits in chunk_logits(model, final_hidden(model, batch, dtype), dtype):
         end = start + len(logits)
-        nll[start:end] = logits.logsumexp(-1) - logits.gather(1, targets[start:end]).squeeze(1)
+        nll[start:end] = F.cross_entropy(logits, targets[start:end], reduction="none")
     return nll.view(len(batch), -1).cpu()
 
 

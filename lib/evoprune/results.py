@@ -60,6 +60,46 @@ def provenance(**fields) -> dict:
             "hardware": hardware(), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+class MeasurementLog:
+    """Perplexities measured during a profile's run, one JSON line each (``ReportPaths.measurements``), keyed by
+    everything that decides them: model weights, criterion, the exact number of weights removed from each matrix,
+    text, protocol, windows, dtype and code commit. A notebook that needs a number an earlier one measured (dense in
+    01 and 02, uniform at a search's target in 02 and 03) reads it back instead of spending minutes recomputing it.
+    ``MeasurementLog(None)`` measures every time."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = None if path is None else Path(path)
+        self.known: dict[str, dict] = {}
+        self.commit = git_commit()
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill: measured again
+                    continue
+                self.known[entry["key"]] = entry["value"]
+
+    def perplexity(self, pruner, weights: str, tokens, protocol: str, windows: int | None, dtype: str,
+                   **options):
+        """``perplexity.measure`` of the pruner's model as pruned now, or the logged value of the same measurement.
+        ``options`` go to ``perplexity.measure`` (seq_len, stride, batch_size; the first two are in the key)."""
+        from evoprune import perplexity
+        key = json.dumps({"weights": weights, "criterion": pruner.criterion, "removed": pruner.removed,
+                          "text": tokens.text_sha256, "split": tokens.split, "protocol": protocol,
+                          "windows": windows, "dtype": dtype, "commit": self.commit,
+                          "seq_len": options.get("seq_len", 1024), "stride": options.get("stride", 512)},
+                         sort_keys=True)
+        if key not in self.known:
+            measured = perplexity.measure(pruner.model, tokens.ids, protocol, max_windows=windows,
+                                          dtype=perplexity.get_dtype(dtype), **options)
+            self.known[key] = measured.as_dict()
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as f:
+                    f.write(json.dumps({"key": key, "value": self.known[key]}) + "\n")
+        return perplexity.Perplexity(**self.known[key])
+
+
 def write_json(path: str | Path, obj) -> Path:
     """Write JSON atomically: a reader sees the old file or the complete new one, never a partial one."""
     path = Path(path)
@@ -117,6 +157,10 @@ class ReportPaths:
     @property
     def summary(self) -> Path:
         return self.reports / "summary.json"
+
+    @property
+    def measurements(self) -> Path:
+        return self.reports / "measurements.jsonl"
 
     @property
     def report_md(self) -> Path:

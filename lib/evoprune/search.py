@@ -536,16 +536,48 @@ def finished_result(out: Path, config: dict) -> dict | None:
     raise EvopruneError(f"--out {out} is not empty and holds no search: give a new or empty directory.")
 
 
-def measure_test(pruner, genome, test_ids: torch.Tensor, config: dict) -> dict:
+def measure_test(pruner, genome, inputs: "SearchInputs", config: dict) -> dict:
     """Reported numbers for one genome: test split, primary and study protocols, in ``test_dtype`` (float32
     unless a run asks otherwise)."""
     pruner.apply(genome)
-    model = pruner.model
-    kwargs = {"seq_len": config["seq_len"], "max_windows": config["test_windows"],
-              "batch_size": config["batch_size"], "dtype": perplexity.get_dtype(config["test_dtype"])}
-    return {"primary": perplexity.measure(model, test_ids, "primary", **kwargs),
-            "study": perplexity.measure(model, test_ids, "study", stride=STUDY_STRIDE, **kwargs),
-            "block_sparsity": pruner.block_sparsity(), "model_sparsity": pruner.model_sparsity()}
+    measured = {protocol: inputs.log.perplexity(pruner, inputs.loaded.weights_hash, inputs.tokens("test"), protocol,
+                                                config["test_windows"], config["test_dtype"],
+                                                seq_len=config["seq_len"], stride=STUDY_STRIDE,
+                                                batch_size=config["batch_size"])
+                for protocol in ("primary", "study")}
+    return {**measured, "block_sparsity": pruner.block_sparsity(), "model_sparsity": pruner.model_sparsity()}
+
+
+class SearchInputs:
+    """What every search over one model, data setting, criterion and gene layout needs, built once: the float32
+    model and its pruner, the pruner's copies in fitness dtypes, token splits, and the measurement log.
+    ``experiments.ga_sweep`` shares one between its runs."""
+
+    def __init__(self, model: str, data: str, criterion: str = "magnitude", genes: str = "block",
+                 log: str | Path | None = None):
+        from evoprune import models
+        from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion
+        from evoprune.results import MeasurementLog
+        self.key = (model, data, criterion, genes)
+        self.loaded = models.load_model(model)  # float32; fitness runs on a copy whose matrices are in its dtype
+        self.splits: dict = {}
+        calibration = None
+        if get_criterion(criterion).needs_calibration:
+            calibration = perplexity.windows(self.tokens("validation").ids, max_windows=CALIBRATION_WINDOWS)
+        self.pruner = Pruner(self.loaded.model, criterion, GENES[genes], calibration)
+        self.copies: dict[str, object] = {}
+        self.log = MeasurementLog(log)
+
+    def tokens(self, split: str):
+        from evoprune.data import load_tokens
+        if split not in self.splits:
+            self.splits[split] = load_tokens(self.loaded.tokenizer, self.key[1], split)
+        return self.splits[split]
+
+    def in_dtype(self, dtype: str):
+        if dtype not in self.copies:
+            self.copies[dtype] = self.pruner.in_dtype(perplexity.get_dtype(dtype))
+        return self.copies[dtype]
 
 
 def protocol_record(p: perplexity.Perplexity, dtype: str) -> dict:
@@ -557,15 +589,16 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
                criterion: str = "magnitude", population: int | None = None, generations: int | None = None,
                seed: int = 0, fitness_split: str | None = None, fitness: str = "ppl",
                fitness_windows: int | None = None, test_windows: int | None = None, dtype: str = "bfloat16",
-               genes: str = "block", test_dtype: str = "float32", progress: bool = True, **options) -> dict:
+               genes: str = "block", test_dtype: str = "float32", progress: bool = True,
+               log: str | Path | None = None, inputs: SearchInputs | None = None, **options) -> dict:
     """Search for the rate vector with the best fitness at ``target`` sparsity; write and return result.json.
+    ``log``: a measurement log for the test numbers (``results.MeasurementLog``); ``inputs``: a ``SearchInputs``
+    to share with other runs (built here if None).
 
     Options (None = the mode's default): seq_len, batch_size; seed mode: tolerance; default mode: offspring,
     crossover, step, max_moves, g_max, low_windows, promote, tournament.
     """
-    from evoprune import models
-    from evoprune.data import HUB, load_tokens, local_file
-    from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion
+    from evoprune.data import HUB, local_file
     from evoprune.results import provenance
 
     config = search_config(model, data, target, mode, criterion, population, generations, seed, fitness_split,
@@ -579,16 +612,14 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
     if data_setting != HUB:
         for split in (config["fitness_split"], "test"):
             local_file(data_setting, split)
-
-    loaded = models.load_model(model)  # float32; fitness runs on a copy whose matrices are in ``dtype``
-    fit_tokens = load_tokens(loaded.tokenizer, data_setting, config["fitness_split"])
-    calibration = None
-    if get_criterion(criterion).needs_calibration:
-        calibration = perplexity.windows(load_tokens(loaded.tokenizer, data_setting, "validation").ids,
-                                         config["seq_len"], CALIBRATION_WINDOWS)
-    pruner = Pruner(loaded.model, criterion, GENES[genes], calibration)
-    test_tokens = load_tokens(loaded.tokenizer, data_setting, "test")
-    objective = ModelObjective(pruner, fit_tokens.ids, config)
+    key = (model, data_setting, criterion, genes)
+    if inputs is None:
+        inputs = SearchInputs(*key, log)
+    elif inputs.key != key:
+        raise EvopruneError(f"run_search was given SearchInputs for {inputs.key}, not for {key}.")
+    loaded, pruner = inputs.loaded, inputs.pruner
+    fit_tokens, test_tokens = inputs.tokens(config["fitness_split"]), inputs.tokens("test")
+    objective = ModelObjective(inputs.in_dtype(config["dtype"]), fit_tokens.ids, config)
     search = optimize(objective, pruner.gene_sizes(), config, out, progress)
 
     n = config["fitness_windows"]
@@ -597,8 +628,8 @@ def run_search(model: str, data: str | None, target: float, out, mode: str = "de
     cache = search.evaluator.cache
     uniform_fitness = cache[uniform_key] if uniform_key in cache else objective(uniform, n)
     reporter = objective.pruner if test_dtype == config["dtype"] else pruner  # the fitness copy when it fits
-    best = measure_test(reporter, search.best_genome, test_tokens.ids, config)
-    base = measure_test(reporter, uniform, test_tokens.ids, config)
+    best = measure_test(reporter, search.best_genome, inputs, config)
+    base = measure_test(reporter, uniform, inputs, config)
     pruner.restore()
 
     fitness_protocol = {"kind": config["fitness"], "protocol": "study" if mode == "seed" else "primary",
