@@ -94,3 +94,22 @@ def test_measurement_log_reads_back_the_same_measurement_only(tmp_path, monkeypa
     with path.open("a") as f:
         f.write('{"key": "cut sh')
     assert logged(MeasurementLog(path), 0.5).ppl > first.ppl and len(calls) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiled_head_loss_equals_whole_row_cross_entropy(monkeypatch, dtype):
+    """The LM-head tiles (several row and vocabulary tiles, a ragged last one, a bias) give each target's NLL as
+    whole-row cross-entropy over the same logits does, up to float32 rounding."""
+    monkeypatch.setattr(perplexity, "NLL_TILE", (7, 50))  # 257-entry vocabulary: 6 tiles, the last of 7 entries
+    model = tiny_gpt2().model
+    model.lm_head.bias = torch.nn.Parameter(torch.randn(257))
+    batch = random_ids(3 * 40).view(3, 40)
+    with torch.inference_mode():
+        hidden = perplexity.final_hidden(model, batch, dtype)
+        targets = batch[:, 1:].reshape(-1)
+        tiled = perplexity.head_nll(model, hidden, targets, dtype)
+        whole = torch.cat([torch.nn.functional.cross_entropy(logits, targets[start: start + len(logits)],
+                                                             reduction="none")
+                           for start, logits in perplexity.chunk_logits(model, hidden, dtype)])
+    assert tiled.shape == whole.shape == (3 * 39,)
+    assert torch.allclose(tiled, whole, rtol=1e-5, atol=1e-5)
