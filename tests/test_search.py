@@ -308,3 +308,15 @@ def test_config_names_a_data_directory_relative_to_the_repository(tmp_path):
     assert config["data"] == os.path.join("..", "shared", "data")
     assert Path(resolve_data(config["data"])) == (ROOT.parent / "shared" / "data").resolve()
     assert search_config("tiny-gpt2", "wikitext2", 0.5)["data"] == "wikitext2"
+
+
+def test_data_setting_round_trips_through_a_symlinked_directory(tmp_path):
+    """A config names its data relative to the repository; resolving it gives back the directory as it was named,
+    not the symlink's target, so a search handed ready inputs for that directory accepts them."""
+    from evoprune.results import resolve_data
+    from evoprune.search import portable_data
+    target = tmp_path / "real-data"
+    target.mkdir()
+    link = tmp_path / "linked-data"
+    link.symlink_to(target)
+    assert resolve_data(portable_data(str(link))) == str(link)

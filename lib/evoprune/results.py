@@ -199,7 +199,7 @@ def resolve_data(data: str | None) -> str:
         return default_data()
     if data in (HUB, PYTHON_DOCS) or Path(data).is_absolute():
         return data
-    return str((ROOT / data).resolve())
+    return os.path.normpath(ROOT / data)  # not resolve(): a symlinked data directory keeps the name it was given
 
 
 # --- atomic text, tables and records ----------------------------------------------------------------------
