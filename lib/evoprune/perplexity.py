@@ -115,7 +115,7 @@ def head_nll(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, dtyp
             logits = F.linear(x, weight[first: first + cols],
                               None if bias is None else bias[first: first + cols]).float()
             tile_lse.append(torch.logsumexp(logits, dim=1))
-            here = ((wanted >= first) & (wanted < first + len(logits[0]))).nonzero().squeeze(1)
+            here = ((wanted >= first) & (wanted < first + logits.shape[1])).nonzero().squeeze(1)
             target_logit[here] = logits[here, wanted[here] - first]
         nll[start: start + len(x)] = torch.logsumexp(torch.stack(tile_lse, dim=1), dim=1) - target_logit
     return nll

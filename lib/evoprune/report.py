@@ -326,7 +326,7 @@ def findings(summary: dict) -> str:
                  f"({ga['evaluations']} evaluations) gives {ga['test']['test_ppl']:.4g}.")
     walls = summary["provenance"]["notebook_wall_s"]
     lines.append("Notebook wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(walls.items()))
-                 + f"; {sum(walls.values()):.0f} s in all.")
+                 + f"; {sum(walls.values()):.0f} s in all, as recorded when 04_analysis wrote this summary.")
     return "\n".join(lines)
 
 
