@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from evoprune import EvopruneError
-from evoprune.models import prunable_matrices, tiny_gpt2
-from evoprune.pruning import (Pruner, count_for, global_magnitude_counts, input_norms, outlier_ratios, owl_rates,
-                              sensitivity_rates, wanda_scores)
+from evoprune.models import prunable_matrices, tiny_gpt2, tiny_llama
+from evoprune.pruning import (Pruner, count_for, get_criterion, global_magnitude_counts, input_norms, ordering,
+                              outlier_ratios, owl_rates, sensitivity_rates, wanda_scores)
 
 
 @pytest.fixture
@@ -71,3 +71,15 @@ def test_sensitivity_rates_prune_robust_blocks_more():
     rates = sensitivity_rates([50.0, 10.0, 30.0, 20.0], 0.5, spread=0.1)
     assert sum(rates) / 4 == pytest.approx(0.5)
     assert rates[1] == pytest.approx(0.6) and rates[0] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda"])
+@pytest.mark.parametrize("build", [lambda: tiny_gpt2().model, tiny_llama], ids=["gpt2", "llama"])
+def test_orderings_sorted_on_threads_equal_those_sorted_one_by_one(build, criterion, calibration):
+    model = build()
+    score = get_criterion(criterion)
+    norms = input_norms(model, calibration % model.config.vocab_size) if score.needs_calibration else None
+    pruner = Pruner(model, criterion, calibration=calibration % model.config.vocab_size)
+    with torch.no_grad():
+        one_by_one = [ordering(score(m, norms), score.per_row, m.transposed) for m in pruner.matrices]
+    assert all(torch.equal(a, b) for a, b in zip(pruner.orders, one_by_one))
