@@ -77,9 +77,10 @@ def test_sensitivity_rates_prune_robust_blocks_more():
 @pytest.mark.parametrize("build", [lambda: tiny_gpt2().model, tiny_llama], ids=["gpt2", "llama"])
 def test_orderings_sorted_on_threads_equal_those_sorted_one_by_one(build, criterion, calibration):
     model = build()
+    tokens = calibration % model.config.vocab_size
     score = get_criterion(criterion)
-    norms = input_norms(model, calibration % model.config.vocab_size) if score.needs_calibration else None
-    pruner = Pruner(model, criterion, calibration=calibration % model.config.vocab_size)
+    norms = input_norms(model, tokens) if score.needs_calibration else None
+    pruner = Pruner(model, criterion, calibration=tokens)
     with torch.no_grad():
         one_by_one = [ordering(score(m, norms), score.per_row, m.transposed) for m in pruner.matrices]
     assert all(torch.equal(a, b) for a, b in zip(pruner.orders, one_by_one))
