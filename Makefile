@@ -39,6 +39,9 @@ reproduce: preflight $(EXECUTED)
 reports/$(PROFILE)/executed/%.ipynb: notebooks/%.py params/$(PROFILE).yaml | preflight
 	$(PY) -m evoprune notebook --profile $(PROFILE) $<
 
+# What each notebook reads of the others' records (see each notebook's "Reads" line).
+EXEC := reports/$(PROFILE)/executed
+$(EXEC)/02_uniform_sweep.ipynb $(EXEC)/03_ga_search.ipynb: $(EXEC)/01_baseline.ipynb
 $(ANALYSIS): $(filter-out $(ANALYSIS),$(EXECUTED))
 
 # The README's results section, generated from reports/offline/summary.json.

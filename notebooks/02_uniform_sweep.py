@@ -20,10 +20,10 @@
 # 2. Beyond the study: at each of `method_targets`, for each of `method_criteria` (magnitude, Wanda), the
 #    allocations that need no search: uniform, OWL, sensitivity-ranked (from 01's scan) and one global magnitude
 #    threshold; then whole blocks physically removed, one at a time (and every pair for models of <= 12 blocks).
-#    Measured like the references of issue 6: bfloat16, the first `method_windows` test windows, primary protocol.
+#    Measured in `dtype` on the first `method_windows` test windows, primary protocol.
 #
-# Writes `uniform_sweep.json`, `allocations.json`, `tables/{uniform_sweep,allocations,block_removal}` and
-# `figures/<profile>/uniform_sweep.png`.
+# Reads `baseline.json` (01). Writes `uniform_sweep.json`, `allocations.json`,
+# `tables/{uniform_sweep,allocations,block_removal}` and `figures/<profile>/uniform_sweep.png`.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -33,6 +33,7 @@ criterion = "magnitude"
 test_windows = 1  # None: the whole test split (and the study protocol's 128 windows)
 sweep_max = 0.6
 sweep_step = 0.05
+dtype = "auto"  # of the methods measurements (auto: bfloat16 where measured fast)
 method_targets = [0.45, 0.5, 0.6, 0.7]
 method_criteria = ["magnitude", "wanda"]
 method_windows = 1  # first test windows of the allocation and block-removal numbers
@@ -40,42 +41,22 @@ method_windows = 1  # first test windows of the allocation and block-removal num
 # %%
 from IPython.display import Image, Markdown
 
-from evoprune import experiments, plots, results
+from evoprune import experiments, plots, report, results
 
 paths = results.report_paths(profile)
-setup = experiments.load_setup(model, results.resolve_data(data), criterion, log=paths.measurements)
-sparsities = experiments.sweep_points(sweep_max, sweep_step)
-print(f"reports: {paths.reports}\nsparsities: {sparsities}")
+session = experiments.open_session(model, data, paths)
 
 # %%
-sweep = experiments.uniform_sweep(setup, sparsities, test_windows)
-results.write_table(sweep, paths.table("uniform_sweep"))
-results.write_json(paths.record("uniform_sweep"), {
-    "rows": sweep, "provenance": results.provenance(notebook="02_uniform_sweep", model=model,
-                                                    weights=setup.loaded.weights_hash, criterion=criterion,
-                                                    test_windows=test_windows, sparsities=sparsities,
-                                                    reported_dtype=experiments.REPORTED_DTYPE)})
+sweep = experiments.uniform_sweep(session, paths, criterion, test_windows, sweep_max, sweep_step)
 Image(plots.save_figure(plots.uniform_curve(sweep, model), paths.figure("uniform_sweep")))
 
 # %% [markdown]
-# ## Allocations that need no search, per criterion
+# ## Allocations that need no search, per criterion, and whole blocks removed
 
 # %%
-baseline = results.read_json(paths.require(paths.record("baseline"), "01_baseline"))
-sensitivity = [row["ppl"] for row in baseline["sensitivity"]]
-allocations = experiments.allocation_sweep(setup, method_targets, method_criteria, sensitivity, method_windows)
-results.write_table(allocations, paths.table("allocations"))
-Markdown(results.markdown_table(experiments.pivot(allocations)))
-
-# %% [markdown]
-# ## Whole blocks removed
+methods = experiments.methods_without_search(session, paths, method_targets, method_criteria, method_windows, dtype)
+Markdown(results.markdown_table(report.pivot(methods["rows"])) + "\n"
+         + results.markdown_table(methods["block_removal"]["depths"]))
 
 # %%
-removals = experiments.block_removals(setup, method_windows)
-results.write_table(removals["single"] + (removals["pairs"] or []), paths.table("block_removal"))
-results.write_json(paths.record("allocations"), {
-    "rows": allocations, "block_removal": removals,
-    "provenance": results.provenance(notebook="02_uniform_sweep", model=model, weights=setup.loaded.weights_hash,
-                                     targets=method_targets, criteria=method_criteria, test_windows=method_windows,
-                                     dtype=experiments.METHOD_DTYPE)})
-Markdown(results.markdown_table(removals["depths"]))
+experiments.finish(paths, "02_uniform_sweep")

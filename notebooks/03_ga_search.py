@@ -15,21 +15,22 @@
 
 # %% [markdown]
 # # 03 · GA search
-# The evolutionary layer-wise search, once per entry of `runs`: the published GA (`seed` mode: penalty below
-# target - tolerance, one-gene mutations, elites re-scored) and the careful optimizer (`default` mode: exact
-# target, fitness on validation, cached, multi-fidelity). Each run has its own budget. A finished search in
-# `reports/<profile>/search/<run>/` is read back, not recomputed; an interrupted one resumes from its checkpoint.
+# The evolutionary layer-wise search, once per entry of `runs`: the published GA (`published` strategy: penalty
+# below target - tolerance, one-gene mutations, elites re-scored) and this project's optimizers (`elitist`: exact
+# target, fitness on validation, cached, multi-fidelity; `race`: (1 + lambda) from the best of uniform, OWL and
+# the sensitivity ranking, children raced on fresh validation samples). Each run has its own budget. A finished
+# search in `reports/<profile>/search/<run>/` is read back, not recomputed; an interrupted one resumes from its
+# checkpoint. Each best genome's test perplexity is measured under both protocols in float32 on `test_windows`
+# windows, as notebooks 01 and 02 measure, and on a second held-out text.
 #
-# `run_search` reports each best genome's test perplexity under both protocols in float32 on `test_windows`
-# windows, the same measurement notebooks 01 and 02 make.
-#
-# Beyond the study: the same `default` search at every target and criterion of 02's allocation sweep, all at one
-# smaller budget (`method_budget`), measured like the allocations (bfloat16, `method_windows` test windows); the
+# Beyond the study: the elitist search at every target and criterion of 02's allocation sweep, all at one
+# smaller budget (`method_budget`), measured like the allocations (`dtype`, `method_windows` test windows); the
 # DEAP-style GA over sets of exactly `removal["k"]` removed blocks; and an export of the best Wanda genome and the
 # best removal set as Hugging Face directories, reloaded and re-scored.
 #
-# Writes `search/<run>/{result.json,history.csv}`, `ga.json`, `methods_ga.json`, `tables/ga_genomes`,
-# `tables/convergence` and `figures/<profile>/convergence.png`.
+# Reads `baseline.json` (01: its sensitivity scan, one of the rules a race starts from). Writes
+# `search/<run>/{result.json,history.csv}`, `ga.json`, `methods_ga.json`,
+# `tables/{ga_genomes,convergence,generalization}` and `figures/<profile>/convergence.png`.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -37,13 +38,13 @@ model = "tiny-gpt2"
 data = None  # a directory (relative to the repository root), "wikitext2" (hub), or None for $EVOPRUNE_DATA_DIR
 criterion = "magnitude"
 test_windows = 1  # None: the whole test split (and the study protocol's 128 windows)
-runs = {  # run name -> run_search arguments; "target" is the sparsity (seed mode: penalty below target - 0.05)
-    "seed": {"mode": "seed", "target": 0.5, "fitness_split": "validation", "population": 4, "generations": 2,
-             "fitness_windows": 1},
-    "default": {"mode": "default", "target": 0.45, "population": 4, "generations": 2, "fitness_windows": 1},
+runs = {  # run name -> search settings (evoprune.search.Settings); published: penalty below target - tolerance
+    "published": {"strategy": "published", "target": 0.5, "fitness_split": "validation", "population": 4,
+                  "generations": 2, "fitness_windows": 1},
+    "elitist": {"strategy": "elitist", "target": 0.45, "population": 4, "generations": 2, "fitness_windows": 1},
 }
 seed = 0
-dtype = "bfloat16"  # of the search's fitness evaluations
+dtype = "auto"  # of the searches' fitness and the methods measurements (auto: bfloat16 where measured fast)
 method_targets = [0.45, 0.5, 0.6, 0.7]
 method_criteria = ["magnitude", "wanda"]
 method_windows = 1
@@ -54,83 +55,32 @@ export_windows = 1
 # %%
 from IPython.display import Image, Markdown
 
-from evoprune import experiments, plots, results
-from evoprune.search import run_search
+from evoprune import experiments, plots, report, results
 
 paths = results.report_paths(profile)
-data_setting = results.resolve_data(data)
-print(f"reports: {paths.reports}")
+session = experiments.open_session(model, data, paths)
 
 # %%
-searches = {name: run_search(model, data_setting, out=paths.search(name), log=paths.measurements, **{
-                 "criterion": criterion, "seed": seed, "test_windows": test_windows, "dtype": dtype, **run})
-            for name, run in runs.items()}
+ga = experiments.ga_runs(session, paths, runs, criterion, seed, test_windows, dtype)
+Markdown(results.markdown_table(ga["rows"], ["run", "strategy", "block_sparsity", "fitness", "fitness_split", "test_ppl",
+                                     "study_ppl", "evaluations", "forward_tokens", "wall_s"]))
 
 # %% [markdown]
-# ## Generalization: a second held-out text
-# Each best genome against uniform at the same sparsity on Python standard-library docstrings, a text no fitness
-# saw (float32, primary protocol, `test_windows` windows).
+# ## Convergence and generalization to a second held-out text (`python-docs`, float32, primary protocol)
 
 # %%
-setup = experiments.load_setup(model, data_setting, criterion, log=paths.measurements)
-held_out = [experiments.generalization(setup, result, name, test_windows) for name, result in searches.items()]
-results.write_table(held_out, paths.table("generalization"))
-Markdown(results.markdown_table(held_out))
+Image(plots.save_figure(plots.convergence(report.histories(paths, runs)), paths.figure("convergence")))
 
 # %%
-ga = [experiments.ga_row(result, name) for name, result in searches.items()]
-results.write_json(paths.record("ga"), {
-    "rows": ga, "generalization": held_out,
-    "provenance": results.provenance(notebook="03_ga_search", model=model, data=data_setting, criterion=criterion,
-                                     seed=seed, runs=runs, search_dtype=dtype, test_windows=test_windows)})
-Markdown(results.markdown_table(ga, ["run", "mode", "block_sparsity", "fitness", "fitness_split", "test_ppl",
-                                     "seed_protocol_ppl", "evaluations", "forward_tokens", "wall_s"]))
+Markdown(results.markdown_table(ga["generalization"]))
 
 # %% [markdown]
-# ## Best genomes
+# ## Beyond the study: the search at every target and criterion, whole-block removal, export
 
 # %%
-genomes = experiments.genome_table(ga)
-results.write_table(genomes, paths.table("ga_genomes"))
-Markdown(results.markdown_table(genomes))
-
-# %% [markdown]
-# ## Convergence
+methods = experiments.methods_with_search(session, paths, method_targets, method_criteria, method_budget, removal,
+                                          method_windows, export_windows, seed, dtype)
+Markdown(results.markdown_table(report.pivot(methods["rows"])) + "\n" + results.markdown_table(methods["exports"]))
 
 # %%
-histories = {mode: results.read_csv(paths.search(mode) / "history.csv") for mode in searches}
-results.write_table([{"mode": mode, **row} for mode, rows in histories.items() for row in rows],
-                    paths.table("convergence"))
-Image(plots.save_figure(plots.convergence(histories), paths.figure("convergence")))
-
-# %% [markdown]
-# ## Beyond the study: the search at every target and criterion, and whole-block removal
-
-# %%
-method_ga = experiments.ga_sweep(model, data_setting, method_targets, method_criteria, method_budget,
-                                 paths.search("methods"), method_windows, seed, paths.measurements)
-Markdown(results.markdown_table(experiments.pivot(method_ga)))
-
-# %%
-removal_ga = experiments.removal_run(setup, out=paths.search("removal"), test_windows=method_windows, seed=seed,
-                                     **removal)
-Markdown(results.markdown_table([removal_ga["test"]]))
-
-# %% [markdown]
-# ## Export: the pruned models as Hugging Face directories, reloaded
-
-# %%
-best_wanda = min((r for r in method_ga if r["criterion"] == "wanda"), key=lambda r: r["target"])
-experiments.use_criterion(setup, "wanda")
-exports = [experiments.export_check(setup, experiments.export_dir(profile, "ga-wanda"), genome=best_wanda["genome"],
-                                    n_windows=export_windows)]
-experiments.use_criterion(setup, criterion)
-exports.append(experiments.export_check(setup, experiments.export_dir(profile, "removal"),
-                                        removed=removal_ga["removed"], n_windows=export_windows))
-results.write_json(paths.record("methods_ga"), {
-    "rows": method_ga, "removal_ga": removal_ga, "exports": exports,
-    "provenance": results.provenance(notebook="03_ga_search", model=model, data=data_setting, seed=seed,
-                                     targets=method_targets, criteria=method_criteria, budget=method_budget,
-                                     removal=removal, test_windows=method_windows,
-                                     dtype=experiments.METHOD_DTYPE)})
-Markdown(results.markdown_table(exports))
+experiments.finish(paths, "03_ga_search")

@@ -27,7 +27,7 @@ data = None  # a directory (relative to the repository root), "wikitext2" (hub),
 interactive = False  # show the pruning panel (loads the model)
 panel_windows = 2  # calibration windows the panel scores on every change
 panel_seq_len = 256
-dtype = "bfloat16"  # of the panel's live perplexity
+dtype = "auto"  # of the panel's live perplexity (auto: bfloat16 where measured fast)
 
 # %%
 from IPython.display import Image, Markdown, display
@@ -90,6 +90,5 @@ print(f"wrote {paths.summary} and {paths.report_md}")
 # %%
 if interactive:
     from evoprune.widgets import open_panel
-    panel = open_panel(model, results.resolve_data(data), paths, summary["ga"][0]["min_sparsity"], panel_windows,
-                       panel_seq_len, dtype)
+    panel = open_panel(model, data, paths, summary["ga"][0]["min_sparsity"], panel_windows, panel_seq_len, dtype)
     display(panel.widget)

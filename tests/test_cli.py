@@ -94,10 +94,10 @@ def test_export_writes_a_model_that_reloads_to_the_same_logits(capsys, data_dir,
     assert reloaded.config.n_layer == 10
     namespace = argparse.Namespace(model="tiny-gpt2", data=data_dir, seq_len=256, rates="0.5", criterion="wanda",
                                    remove_blocks="2,5")
-    loaded, _ = pruned_model(namespace)
+    _, pruner = pruned_model(namespace)
     ids = torch.arange(64).view(1, -1)
     with torch.no_grad():
-        assert torch.equal(reloaded(ids).logits, loaded.model(ids).logits)
+        assert torch.equal(reloaded(ids).logits, pruner.model(ids).logits)
 
 
 @pytest.mark.parametrize("blocks, message", [

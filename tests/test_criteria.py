@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from evoprune import EvopruneError
-from evoprune.models import prunable_matrices, tiny_gpt2, tiny_llama
+from evoprune.models import blocks, prunable_matrices, tiny_gpt2, tiny_llama
 from evoprune.pruning import (Pruner, count_for, get_criterion, global_magnitude_counts, input_norms, ordering,
                               outlier_ratios, owl_rates, sensitivity_rates, wanda_scores)
 
@@ -65,6 +65,21 @@ def test_owl_rates_average_to_the_target(tiny, calibration, target):
     assert len(rates) == 12
     assert sum(rates) / 12 == pytest.approx(target)
     assert max(rates) - min(rates) == pytest.approx(0.16)
+
+
+@pytest.mark.parametrize("build", [lambda: tiny_gpt2().model, tiny_llama], ids=["gpt2", "llama"])
+def test_outlier_ratios_are_owls_block_wide_definition(build, calibration):
+    """As luuyin/OWL computes it: per block, |W| * ||X||_2 of every matrix flattened and concatenated, and the share
+    of those scores above M times their one mean (not each matrix against its own mean)."""
+    model = build()
+    tokens = calibration % model.config.vocab_size
+    norms = input_norms(model, tokens)
+    expected = []
+    for b in range(len(blocks(model))):
+        mats = [m for m in prunable_matrices(model) if m.block == b]
+        scores = torch.cat([(m.out_in().abs() * norms[m.name].unsqueeze(0)).flatten() for m in mats])
+        expected.append(int((scores > 5 * scores.mean()).sum()) / scores.numel())
+    assert outlier_ratios(model, tokens, threshold_m=5) == pytest.approx(expected, abs=1e-12)
 
 
 def test_sensitivity_rates_prune_robust_blocks_more():

@@ -5,11 +5,12 @@ import torch
 
 from evoprune import EvopruneError, experiments
 from evoprune.models import blocks
+from evoprune.session import Session
 
 
 @pytest.fixture(scope="module")
 def setup(data_dir):
-    return experiments.load_setup("tiny-gpt2", data_dir)
+    return Session("tiny-gpt2", data_dir)
 
 
 def weights(setup):
@@ -23,7 +24,7 @@ def unchanged(setup, before) -> bool:
 def test_allocations_meet_each_target_and_leave_the_model_dense(setup):
     before = weights(setup)
     rows = experiments.allocation_sweep(setup, [0.45, 0.7], ["magnitude", "wanda"], [float(b % 5) for b in range(12)],
-                                        n_windows=1, progress=False)
+                                        n_windows=1, dtype="bfloat16", progress=False)
     methods = {(r["criterion"], r["method"]) for r in rows}
     assert methods == {("magnitude", m) for m in ("uniform", "OWL", "sensitivity", "global")} | \
         {("wanda", m) for m in ("uniform", "OWL", "sensitivity")}
@@ -31,12 +32,12 @@ def test_allocations_meet_each_target_and_leave_the_model_dense(setup):
     for r in rows:
         assert r["block_sparsity"] == pytest.approx(r["target"], abs=1e-4), r
         assert r["test_windows"] == 1 and r["dtype"] == "bfloat16" and r["test_ppl"] > 1
-    assert unchanged(setup, before) and setup.criterion == "magnitude"
+    assert unchanged(setup, before)
 
 
 def test_block_removal_tables_and_depths(setup):
     before = weights(setup)
-    removal = experiments.block_removals(setup, n_windows=1, progress=False)
+    removal = experiments.block_removals(setup, n_windows=1, dtype="bfloat16", progress=False)
     assert [r["removed"] for r in removal["single"]] == [[b] for b in range(12)]
     assert len(removal["pairs"]) == 66  # every pair: the model has 12 blocks
     dense, one, two = removal["depths"]
@@ -48,15 +49,14 @@ def test_block_removal_tables_and_depths(setup):
 
 
 def test_removal_run_removes_k_blocks_and_is_read_back(setup, tmp_path, monkeypatch):
-    result = experiments.removal_run(setup, 3, tmp_path, population=4, generations=2, fitness_windows=1,
-                                     test_windows=1)
+    budget = {"population": 4, "generations": 2, "fitness_windows": 1, "test_windows": 1, "dtype": "bfloat16"}
+    result = experiments.removal_run(setup, 3, tmp_path, **budget)
     assert len(result["removed"]) == 3 and result["test"]["blocks"] == 9
-    import evoprune.search
-    monkeypatch.setattr(evoprune.search, "removal_search", lambda *a, **k: pytest.fail("recomputed"))
-    assert experiments.removal_run(setup, 3, tmp_path, population=4, generations=2, fitness_windows=1,
-                                   test_windows=1) == result
+    import evoprune.removal
+    monkeypatch.setattr(evoprune.removal, "removal_search", lambda *a, **k: pytest.fail("recomputed"))
+    assert experiments.removal_run(setup, 3, tmp_path, **budget) == result
     with pytest.raises(EvopruneError, match="different"):
-        experiments.removal_run(setup, 4, tmp_path, population=4, generations=2, fitness_windows=1, test_windows=1)
+        experiments.removal_run(setup, 4, tmp_path, **budget)
 
 
 def test_export_round_trip_gives_the_same_perplexity(setup, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 
 from evoprune import EvopruneError, notebook
 from evoprune.cli import main
-from evoprune.results import ROOT, read_json, report_paths, validate_summary
+from evoprune.models import LOAD_LOG_ENV
+from evoprune.results import ROOT, read_json, read_record, report_paths, validate_summary
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 STEMS = ["01_baseline", "02_uniform_sweep", "03_ga_search", "04_analysis"]
@@ -15,15 +16,20 @@ RECORDS = ["baseline.json", "uniform_sweep.json", "ga.json", "summary.json", "RE
 TABLES = ["parameter_counts", "dense", "sensitivity", "uniform_sweep", "generalization", "ga_genomes", "convergence",
           "results"]
 FIGURES = ["sensitivity", "uniform_sweep", "convergence", "figure1", "figure2_layer_profile"]
-MODES = ["seed", "default"]
+RUNS = ["published", "elitist", "race"]
+FIXTURE = ROOT / "tests" / "fixtures" / "smoke_summary_d062ef2.json"  # the smoke summary before the session refactor
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, data_dir):
-    """All four notebooks under the smoke profile, run once for the module."""
+    """All four notebooks under the smoke profile, run once for the module, counting the models they load."""
     root = tmp_path_factory.mktemp("out")
-    code = main(["notebook", "--profile", "smoke", "--output-root", str(root), *map(str, NOTEBOOKS)])
-    assert code == 0
+    loads = root / "loads.txt"
+    with notebook.environment(LOAD_LOG_ENV, str(loads)):
+        for path in NOTEBOOKS:
+            assert main(["notebook", "--profile", "smoke", "--output-root", str(root), str(path)]) == 0
+            (root / f"loads-{path.stem}.txt").write_text(loads.read_text() if loads.exists() else "")
+            loads.unlink(missing_ok=True)
     return report_paths("smoke", root)
 
 
@@ -36,21 +42,55 @@ def test_smoke_profile_writes_every_artifact(smoke):
     expected = ([smoke.reports / name for name in RECORDS]
                 + [smoke.executed / f"{stem}.ipynb" for stem in STEMS]
                 + [smoke.table(t).with_suffix(suffix) for t in TABLES for suffix in (".csv", ".md")]
-                + [smoke.search(m) / name for m in MODES for name in ("result.json", "history.csv")])
+                + [smoke.search(m) / name for m in RUNS for name in ("result.json", "history.csv")])
     assert [str(p) for p in expected if not p.is_file()] == []
     assert not list(smoke.executed.glob("*.failed.ipynb")) and not list(smoke.executed.glob("*.partial.ipynb"))
 
 
 @pytest.mark.slow
-def test_summary_validates_and_covers_both_modes(smoke):
+def test_summary_validates_and_covers_both_strategies(smoke):
     summary = validate_summary(read_json(smoke.summary))
     assert summary["profile"] == "smoke" and summary["model"] == "tiny-gpt2"
-    assert [g["mode"] for g in summary["ga"]] == MODES and [g["run"] for g in summary["ga"]] == MODES
+    assert [g["strategy"] for g in summary["ga"]] == RUNS and [g["run"] for g in summary["ga"]] == RUNS
     assert [u["sparsity"] for u in summary["uniform"]][0] == 0.0
     assert summary["data"]["test"]["text_sha256"] and summary["provenance"]["git_commit"]
     assert set(summary["provenance"]["notebook_wall_s"]) >= {"01_baseline", "02_uniform_sweep", "03_ga_search"}
     held_out = summary["generalization"]
-    assert [g["run"] for g in held_out] == MODES and all(g["text"] == "python-docs" for g in held_out)
+    assert [g["run"] for g in held_out] == RUNS and all(g["text"] == "python-docs" for g in held_out)
+
+
+@pytest.mark.slow
+def test_smoke_numbers_are_those_of_the_code_before_the_session_refactor(smoke):
+    """Behaviour did not change: every number of the smoke summary equals the one the code at d062ef2 wrote
+    (records of that code read under today's names; run names seed/default became published/elitist)."""
+    renamed = {"seed": "published", "default": "elitist"}
+
+    def numbers(obj, path=""):
+        if isinstance(obj, dict):
+            return {k: v for key, value in obj.items() if key not in ("provenance", "wall_s", "ms_per_token",
+                                                                        "ms_per_forward", "dir", "protocol")
+                    for k, v in numbers(value, f"{path}/{renamed.get(key, key)}").items()}
+        if isinstance(obj, list):
+            return {k: v for i, item in enumerate(obj) for k, v in numbers(item, f"{path}[{i}]").items()}
+        return {path: renamed.get(obj, obj) if isinstance(obj, str) else obj}
+
+    def comparable(summary):  # since then: OWL's block-wide outlier ratios, and a race run (issue 16)
+        summary["methods"]["rows"] = [r for r in summary["methods"]["rows"] if r["method"] != "OWL"]
+        for key in ("ga", "generalization"):
+            summary[key] = [r for r in summary[key] if r["run"] != "race"]
+        return summary
+
+    before, now = (numbers(comparable(s)) for s in (read_record(FIXTURE), read_json(smoke.summary)))
+    assert before.keys() == now.keys()
+    for key, value in before.items():
+        assert now[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
+
+
+@pytest.mark.slow
+def test_each_notebook_loads_the_model_at_most_once(smoke):
+    loads = {stem: (smoke.root / f"loads-{stem}.txt").read_text().split() for stem in STEMS}
+    assert loads == {"01_baseline": ["tiny-gpt2"], "02_uniform_sweep": ["tiny-gpt2"], "03_ga_search": ["tiny-gpt2"],
+                     "04_analysis": []}
 
 
 @pytest.mark.slow
@@ -75,8 +115,10 @@ def test_report_spells_out_protocol_and_provenance(smoke):
 def test_timings_hold_each_notebook_and_its_parameters(smoke):
     timings = read_json(smoke.timings)
     assert list(timings) == STEMS
-    assert timings["03_ga_search"]["parameters"]["runs"]["default"]["population"] == 3
+    assert timings["03_ga_search"]["parameters"]["runs"]["elitist"]["population"] == 3
     assert all(t["wall_s"] > 0 for t in timings.values())
+    tokens = {stem: t.get("forward_tokens", {}) for stem, t in timings.items()}  # by dtype; 04 reads files only
+    assert all(tokens[stem].get("float32", 0) > 0 for stem in STEMS[:3]) and tokens["04_analysis"] == {}
 
 
 def test_unknown_profile_exits_nonzero_naming_the_profiles(capsys):
@@ -102,7 +144,7 @@ def test_profile_merges_shared_keys_section_and_overrides():
     params = notebook.notebook_parameters("offline", NOTEBOOKS[2], {"seed": 3, "sensitivity_rate": 0.2})
     assert params["model"] == "smollm2-135m" and params["data"] == "../shared/data"
     assert params["seed"] == 3 and "sensitivity_rate" not in params  # declared by 01 only
-    assert params["runs"]["default"]["mode"] == "default"
+    assert params["runs"]["elitist"]["strategy"] == "elitist"
     assert params["profile"] == "offline"
 
 
@@ -137,11 +179,11 @@ def test_a_failing_notebook_leaves_no_complete_output(tmp_path, monkeypatch):
 
 
 def minimal_summary():
-    ga = {"mode": "seed", "criterion": "magnitude", "target": 0.45, "block_sparsity": 0.45, "genome": [0.4, 0.5],
-          "fitness": 120.0, "test_ppl": 130.0, "seed_protocol_ppl": 118.0, "evaluations": 10, "forward_tokens": 4096,
+    ga = {"strategy": "published", "criterion": "magnitude", "target": 0.45, "block_sparsity": 0.45, "genome": [0.4, 0.5],
+          "fitness": 120.0, "test_ppl": 130.0, "study_ppl": 118.0, "evaluations": 10, "forward_tokens": 4096,
           "wall_s": 1.5}
     return {"profile": "p", "model": "m", "data": {"setting": "d"}, "protocol": {"primary": "..."},
-            "provenance": {"git_commit": "abc"}, "dense": {"test_ppl": 30.0, "seed_protocol_ppl": 31.0},
+            "provenance": {"git_commit": "abc"}, "dense": {"test_ppl": 30.0, "study_ppl": 31.0},
             "uniform": [{"sparsity": 0.45, "criterion": "magnitude", "test_ppl": 250.0}], "ga": [ga]}
 
 
@@ -163,3 +205,13 @@ def test_validate_summary_lists_every_problem():
     for where in ("summary.model is missing", "summary.dense.test_ppl", "summary.ga[0].genome",
                   "summary.ga[0].evaluations", "summary.uniform must be a non-empty list"):
         assert where in message, where
+
+
+def test_make_knows_which_notebook_reads_which(tmp_path):
+    """02 and 03 read 01's baseline.json (its sensitivity scan); 04 reads every record of 01-03."""
+    import subprocess
+    database = subprocess.run(["make", "-qp", "PROFILE=smoke"], cwd=ROOT, capture_output=True, text=True).stdout
+    rules = {line.split(":")[0].split("/")[-1][:-6]: {p.split("/")[-1][:-6] for p in line.split(":", 1)[1].split()}
+             for line in database.splitlines() if line.startswith("reports/smoke/executed/") and ".ipynb:" in line}
+    assert rules["02_uniform_sweep"] >= {"01_baseline"} and rules["03_ga_search"] >= {"01_baseline"}
+    assert rules["04_analysis"] >= {"01_baseline", "02_uniform_sweep", "03_ga_search"}

@@ -2,7 +2,7 @@
 import pytest
 
 from evoprune.report import BEGIN, README, readme_section
-from evoprune.results import ROOT, read_json, validate_summary
+from evoprune.results import ROOT, read_json, read_record, validate_summary
 
 SUMMARY = ROOT / "reports" / "offline" / "summary.json"
 
@@ -10,23 +10,23 @@ SUMMARY = ROOT / "reports" / "offline" / "summary.json"
 @pytest.fixture(scope="module")
 def summary():
     assert SUMMARY.is_file(), "reports/offline/summary.json is missing: run `make reproduce PROFILE=offline`"
-    return validate_summary(read_json(SUMMARY))
+    return validate_summary(read_record(SUMMARY))
 
 
 def test_genomes_meet_their_target_sparsity(summary):
     for ga in summary["ga"]:
-        if ga["mode"] == "default":
+        if ga["strategy"] == "elitist":
             assert ga["block_sparsity"] == pytest.approx(ga["target"], abs=1e-5), ga["run"]
         else:  # the published GA's penalty: at least target - tolerance, no upper bound
             assert ga["block_sparsity"] >= ga["min_sparsity"] - 1e-5, ga["run"]
 
 
-def test_default_beats_uniform_at_the_same_target_on_test(summary):
+def test_elitist_beats_uniform_at_the_same_target_on_test(summary):
     uniform = {round(u["sparsity"], 6): u for u in summary["uniform"]}
     for ga in summary["ga"]:
-        if ga["mode"] == "default":
+        if ga["strategy"] == "elitist":
             same = uniform[round(ga["target"], 6)]
-            assert ga["test_ppl"] < same["test_ppl"] and ga["seed_protocol_ppl"] < same["seed_protocol_ppl"]
+            assert ga["test_ppl"] < same["test_ppl"] and ga["study_ppl"] < same["study_ppl"]
 
 
 def test_readme_shows_the_summary_numbers(summary):
@@ -54,3 +54,12 @@ def test_readme_shows_the_bench_record():
     from evoprune.report import BENCH, bench_section
     assert BENCH.is_file(), "reports/bench.json is missing: run `make bench`, then `make readme`"
     assert bench_section(read_json(BENCH)) in README.read_text(), "README performance table differs: `make readme`"
+
+
+def test_records_of_the_earlier_names_read_under_todays():
+    old = {"mode": "seed", "seed_protocol_ppl": 110.0, "config": {"mode": "default", "target": 0.45},
+           "rows": [{"seed_protocol_windows": 4, "run": "seed"}]}
+    from evoprune.results import upgrade
+    assert upgrade(old) == {"strategy": "published", "study_ppl": 110.0,
+                            "config": {"strategy": "elitist", "target": 0.45},
+                            "rows": [{"study_windows": 4, "run": "seed"}]}

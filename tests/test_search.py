@@ -9,8 +9,10 @@ import pytest
 
 from evoprune import EvopruneError
 from evoprune.cli import main
-from evoprune.search import (CHECKPOINT, HISTORY_COLUMNS, PENALTY, Evaluator, optimize, project, move_rates,
-                             run_search, search_config, seed_offspring, weighted_mean)
+from evoprune.experiments import run_search
+from evoprune.search import (CHECKPOINT, HISTORY_COLUMNS, PENALTY, Evaluator, Settings, move_rates, optimize, project,
+                             published_offspring, weighted_mean)
+from evoprune.session import Session
 
 OPTIMUM = np.array([0.3, 0.7, 0.45, 0.55, 0.6, 0.4, 0.35, 0.65])  # weighted mean 0.5 for both size vectors
 EQUAL = [1000] * 8
@@ -32,8 +34,8 @@ class Bowl:
         return float(np.dot(self.w, (np.asarray(genome) - OPTIMUM) ** 2) / self.w.sum())
 
 
-def config(mode="default", **options):
-    return search_config("synthetic", None, 0.5, mode=mode, **options)
+def config(strategy="elitist", **options):
+    return Settings(model="synthetic", target=0.5, strategy=strategy, **options)
 
 
 def outcome(search):
@@ -44,9 +46,9 @@ def outcome(search):
             "evaluations": search.evaluator.evaluations, "forward_tokens": search.evaluator.forward_tokens}
 
 
-# --- default mode on a synthetic objective -------------------------------------------------------------------
+# --- the elitist strategy on a synthetic objective -------------------------------------------------------------------
 
-def test_default_finds_constrained_optimum_and_never_gets_worse():
+def test_elitist_finds_constrained_optimum_and_never_gets_worse():
     bowl = Bowl(EQUAL)
     search = optimize(bowl, EQUAL, config(population=8, generations=60, fitness_windows=4))
     assert np.abs(np.array(search.best_genome) - OPTIMUM).max() < 0.03
@@ -109,9 +111,16 @@ def test_same_seed_same_history_other_seed_other_history():
     assert runs[0]["history"] != runs[2]["history"]
 
 
-@pytest.mark.parametrize("mode", ["default", "seed"])
-def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path, mode):
-    settings = config(mode, population=6, generations=8, fitness_windows=2)
+def budget(strategy, **options):
+    """A small search of each strategy on the synthetic objectives."""
+    if strategy == "race":
+        return config("race", offspring=6, generations=8, **options)
+    return config(strategy, population=6, generations=8, fitness_windows=2, **options)
+
+
+@pytest.mark.parametrize("strategy", ["elitist", "published", "race"])
+def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path, strategy):
+    settings = budget(strategy)
     uninterrupted = outcome(optimize(Bowl(EQUAL), EQUAL, settings, tmp_path / "whole"))
 
     with pytest.raises(RuntimeError, match="killed"):
@@ -131,28 +140,28 @@ def test_checkpoint_of_another_search_is_refused(tmp_path):
         optimize(Bowl(EQUAL), EQUAL, config(population=4, generations=2, fitness_windows=1, seed=1), tmp_path)
 
 
-# --- seed mode: the published operators ----------------------------------------------------------------------
+# --- the published strategy: the study's operators ----------------------------------------------------------------------
 
-def test_seed_offspring_follows_the_published_operators():
+def test_published_offspring_follows_the_study_operators():
     rng = np.random.default_rng(3)
     population = np.clip(rng.uniform(-0.1, 1.0, (10, 12)), 0, 0.9).tolist()  # some genes sit on the bounds
     fitness = rng.uniform(0, 100, 10).tolist()
     for _ in range(20):
-        children = seed_offspring(population, fitness, rng)
+        children = published_offspring(population, fitness, rng)
         elites = [population[i] for i in np.argsort(fitness)[:5]]
         assert len(children) == 10 and children[:5] == elites
         for child in children[5:]:
             changed = [[abs(c - e) for c, e in zip(child, elite) if c != e] for elite in elites]
             assert any(len(diff) <= 1 and all(d <= 0.1 for d in diff) for diff in changed)
             assert min(child) >= 0.0 and max(child) <= 0.9
-    assert len(seed_offspring(population[:3], fitness[:3], rng)[:2]) == 2  # at least two elites
+    assert len(published_offspring(population[:3], fitness[:3], rng)[:2]) == 2  # at least two elites
 
 
-def test_seed_mode_penalizes_below_tolerance_and_reevaluates_elites():
+def test_published_penalizes_below_tolerance_and_reevaluates_elites():
     bowl = Bowl(EQUAL)
     target, tolerance = 0.55, 0.05  # U(0.40, 0.60) genes: about half the individuals fall below 0.50
-    settings = search_config("synthetic", None, target, mode="seed", population=10, generations=6,
-                             fitness_windows=2, tolerance=tolerance)
+    settings = Settings(model="synthetic", target=target, strategy="published", population=10, generations=6,
+                        fitness_windows=2, tolerance=tolerance)
     search = optimize(bowl, EQUAL, settings)
     assert all(weighted_mean(g, EQUAL) >= target - tolerance for g, _ in bowl.calls)
     for genome, fit in zip(search.population, search.fitness):
@@ -172,15 +181,15 @@ BAD = [
     (["--g-max", "0.4"], "--target"),
     (["--population", "1"], "--population"),
     (["--generations", "0"], "--generations"),
-    (["--mode", "fancy"], "--mode"),
+    (["--strategy", "fancy"], "--strategy"),
     (["--fitness", "mse"], "--fitness"),
     (["--crossover", "twopoint"], "--crossover"),
     (["--genes", "neuron"], "--genes"),
     (["--criterion", "random"], "criterion"),
     (["--dtype", "float16"], "dtype"),
     (["--fitness-split", "test"], "--fitness-split validation"),
-    (["--mode", "seed", "--fitness", "kl"], "--fitness"),
-    (["--mode", "seed", "--crossover", "blend"], "--crossover"),
+    (["--strategy", "published", "--fitness", "kl"], "--fitness"),
+    (["--strategy", "published", "--crossover", "blend"], "--crossover"),
     (["--tolerance", "0.1"], "--tolerance"),
     (["--data", "/nonexistent/evoprune-data"], "data directory"),
 ]
@@ -197,8 +206,7 @@ def test_bad_configuration_exits_2_and_writes_nothing(tmp_path, capsys, extra, n
 
 def test_bad_configuration_raises_in_the_python_api(tmp_path):
     with pytest.raises(EvopruneError, match="--population"):
-        run_search("tiny-gpt2", None, 0.5, tmp_path / "out", population=1, progress=False)
-    assert not (tmp_path / "out").exists()
+        Settings(model="tiny-gpt2", target=0.5, population=1)
 
 
 def test_out_dir_holding_something_else_is_refused(tmp_path, capsys):
@@ -227,18 +235,18 @@ def test_search_end_to_end_through_the_cli(tmp_path, capsys, data_dir):
     out = tmp_path / "run"
     assert main(cli_search(data_dir, out)) == 0
     result = json.loads((out / "result.json").read_text())
-    expected = {"mode", "criterion", "target", "genome", "block_sparsity", "model_sparsity", "fitness",
-                "fitness_kind", "fitness_split", "test_ppl", "seed_protocol_ppl", "uniform", "evaluations",
+    expected = {"strategy", "criterion", "target", "genome", "block_sparsity", "model_sparsity", "fitness",
+                "fitness_kind", "fitness_split", "test_ppl", "study_ppl", "uniform", "evaluations",
                 "forward_tokens", "wall_s", "best_found_at", "config", "provenance"}
     assert expected <= set(result)
-    assert {"genome", "fitness", "test_ppl", "seed_protocol_ppl", "block_sparsity"} <= set(result["uniform"])
+    assert {"genome", "fitness", "test_ppl", "study_ppl", "block_sparsity"} <= set(result["uniform"])
     assert set(result["best_found_at"]) == {"generation", "evaluations", "forward_tokens", "wall_s"}
     assert len(result["genome"]) == 12 and abs(np.mean(result["genome"]) - 0.5) < 1e-9
     assert abs(result["block_sparsity"] - 0.5) < 1e-3  # counted zeros; each matrix rounds its own count
     assert result["fitness"] <= result["uniform"]["fitness"]
     assert result["fitness_split"] == "validation" and result["provenance"]["seed"] == 0
     assert result["provenance"]["protocols"]["test_ppl"]["n_windows"] == 2
-    assert 1 < result["test_ppl"] < 1000 and 1 < result["seed_protocol_ppl"] < 1000
+    assert 1 < result["test_ppl"] < 1000 and 1 < result["study_ppl"] < 1000
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == HISTORY_COLUMNS and [r["generation"] for r in rows] == ["0", "1"]
@@ -252,9 +260,10 @@ def test_search_end_to_end_through_the_cli(tmp_path, capsys, data_dir):
     assert "--out" in capsys.readouterr().err
 
 
-def test_seed_mode_end_to_end_on_validation(tmp_path, data_dir):
-    result = run_search("tiny-gpt2", data_dir, 0.5, tmp_path, mode="seed", population=3, generations=2,
-                        fitness_split="validation", fitness_windows=1, test_windows=1, progress=False)
+def test_published_end_to_end_on_validation(tmp_path, data_dir):
+    settings = Settings(model="tiny-gpt2", data=data_dir, target=0.5, strategy="published", population=3,
+                        generations=2, fitness_split="validation", fitness_windows=1, test_windows=1, dtype="float32")
+    result = run_search(Session("tiny-gpt2", data_dir), settings, tmp_path, progress=False)
     assert result["fitness_split"] == "validation"
     assert result["provenance"]["protocols"]["fitness"]["protocol"] == "study"
     assert result["evaluations"] == 6  # elites re-evaluated, nothing cached
@@ -262,23 +271,16 @@ def test_seed_mode_end_to_end_on_validation(tmp_path, data_dir):
 
 
 def test_kl_fitness_is_zero_for_the_dense_model_and_grows_with_pruning(data_dir):
-    from evoprune.data import load_tokens
-    from evoprune.models import load_model
-    from evoprune.pruning import Pruner
-    from evoprune.search import ModelObjective
-
-    loaded = load_model("tiny-gpt2")
-    pruner = Pruner(loaded.model, genes_per_block=2)
-    tokens = load_tokens(loaded.tokenizer, data_dir, "validation")
-    settings = search_config("tiny-gpt2", data_dir, 0.5, fitness="kl", genes="group", fitness_windows=1)
-    objective = ModelObjective(pruner, tokens.ids, settings)
-    assert objective.setup_tokens == 1024
+    settings = Settings(model="tiny-gpt2", data=data_dir, target=0.5, fitness="kl", genes="group",
+                        fitness_windows=1, dtype="float32")
+    objective = Session("tiny-gpt2", data_dir).objective(settings)
     dense, light, heavy = (objective([rate] * 24, 1) for rate in (0.0, 0.3, 0.8))
-    assert abs(dense) < 1e-3 and dense < light < heavy
+    assert abs(dense) < 1e-6 and dense < light < heavy
+    assert objective.setup_tokens == 1024  # one dense pass for the sample, counted as forward tokens
 
 
 def test_removal_ga_finds_the_cheapest_blocks_and_keeps_k():
-    from evoprune.search import removal_search
+    from evoprune.removal import removal_search
     cost = [5, 1, 7, 2, 9, 3, 8, 6, 4, 10, 11, 12]  # removing block b costs cost[b]; best k=3 set: {1, 3, 5}
     seen = []
 
@@ -296,27 +298,118 @@ def test_removal_ga_finds_the_cheapest_blocks_and_keeps_k():
 
 @pytest.mark.parametrize("k", [0, 12, 13])
 def test_removal_ga_refuses_impossible_k(k):
-    from evoprune.search import removal_search
+    from evoprune.removal import removal_search
     with pytest.raises(EvopruneError, match="between 1 and 11"):
         removal_search(lambda r: 0.0, 12, k)
 
 
 def test_config_names_a_data_directory_relative_to_the_repository(tmp_path):
     """Committed results must mean the same search in a clone elsewhere with the data beside it."""
-    from evoprune.results import ROOT, resolve_data
-    config = search_config("tiny-gpt2", str(ROOT.parent / "shared" / "data"), 0.5)
-    assert config["data"] == os.path.join("..", "shared", "data")
-    assert Path(resolve_data(config["data"])) == ROOT.parent / "shared" / "data"
-    assert search_config("tiny-gpt2", "wikitext2", 0.5)["data"] == "wikitext2"
+    from evoprune.results import ROOT, portable_data, resolve_data
+    data = portable_data(str(ROOT.parent / "shared" / "data"))
+    assert data == os.path.join("..", "shared", "data")
+    assert Path(resolve_data(data)) == ROOT.parent / "shared" / "data"
+    assert portable_data("wikitext2") == "wikitext2"
 
 
 def test_data_setting_round_trips_through_a_symlinked_directory(tmp_path):
     """A config names its data relative to the repository; resolving it gives back the directory as it was named,
     not the symlink's target, so a search handed ready inputs for that directory accepts them."""
-    from evoprune.results import resolve_data
-    from evoprune.search import portable_data
+    from evoprune.results import portable_data, resolve_data
     target = tmp_path / "real-data"
     target.mkdir()
     link = tmp_path / "linked-data"
     link.symlink_to(target)
     assert resolve_data(portable_data(str(link))) == str(link)
+
+
+def test_settings_are_declared_once_and_the_command_line_offers_each():
+    from dataclasses import fields
+    from evoprune.cli import build_parser
+    search = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("search"))
+    flags = {o for action in search._actions for o in action.option_strings}
+    assert {"--" + f.name.replace("_", "-") for f in fields(Settings)} <= flags
+
+
+def test_importing_the_optimizer_or_the_report_loads_no_torch():
+    import subprocess
+    import sys
+    code = "import sys, evoprune.search, evoprune.removal, evoprune.report; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_corrupt_checkpoint_is_named_with_the_fix(tmp_path, capsys, data_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CHECKPOINT).write_text("{bad")
+    assert main(cli_search(data_dir, out)) == 2
+    err = capsys.readouterr().err
+    assert str(out / CHECKPOINT) in err and "Delete it" in err
+
+
+# --- the race: fresh samples, staged racing, rule allocations, budgets in tokens ------------------------------
+
+class NoisyBowl(Bowl):
+    """The bowl measured on a sample: a fixed error per (genome, draw) whose size falls as 1 / sqrt(windows), as a
+    perplexity on n fresh windows does."""
+
+    def __init__(self, sizes, noise=0.02):
+        super().__init__(sizes)
+        self.noise = noise
+
+    def __call__(self, genome, sample):
+        self.calls.append((list(genome), sample))
+        draw, n = sample
+        rng = np.random.default_rng([*draw, abs(hash(tuple(round(g, 9) for g in genome))) % 2 ** 32])
+        true = float(np.dot(self.w, (np.asarray(genome) - OPTIMUM) ** 2) / self.w.sum())
+        return true + self.noise / np.sqrt(n) * rng.standard_normal()
+
+
+def test_race_draws_a_fresh_sample_per_generation_and_stage_and_the_same_ones_on_a_rerun():
+    runs = []
+    for _ in range(2):
+        bowl = NoisyBowl(EQUAL)
+        optimize(bowl, EQUAL, config("race", offspring=4, generations=5))
+        runs.append(bowl.calls)
+    assert runs[0] == runs[1]
+    draws = {sample[0] for _, sample in runs[0]}
+    assert {(0, g, stage) for g in range(1, 5) for stage in range(3)} <= draws  # every generation, every stage
+    by_generation = {}
+    for _, ((seed, generation, stage), n) in runs[0]:
+        by_generation.setdefault(generation, set()).add((stage, n))
+    assert by_generation[1] == {(0, 1), (1, 2), (2, 4)}  # growing stages: 1, 2 and 4 windows
+
+
+def test_race_reaches_the_known_optimum_through_the_noise():
+    bowl = NoisyBowl(EQUAL, noise=0.0002)  # on one window, about one step's gain near the optimum
+    search = optimize(bowl, EQUAL, config("race", offspring=16, generations=120, step=0.025, max_moves=2))
+    assert np.abs(np.array(search.best_genome) - OPTIMUM).max() <= 0.05 + 1e-9  # two steps of 0.025
+    true = float(np.mean((np.array(search.best_genome) - OPTIMUM) ** 2))
+    assert true < 0.1 * float(np.mean((0.5 - OPTIMUM) ** 2))  # a tenth of where uniform starts
+
+
+def test_race_starts_from_the_best_rule_each_exactly_at_the_target():
+    rules = {"OWL": [0.45, 0.65] * 4, "sensitivity": [0.3, 0.7, 0.45, 0.55, 0.6, 0.4, 0.35, 0.66]}  # last: off
+    bowl = Bowl(UNEQUAL)
+    search = optimize(bowl, UNEQUAL, config("race", offspring=4, generations=1), rules=rules)
+    first = [genome for genome, _ in bowl.calls]
+    assert len(first) == 3 and all(abs(weighted_mean(g, UNEQUAL) - 0.5) < 1e-9 for g in first)
+    assert first[0] == [0.5] * 8 and first[1] == rules["OWL"]  # already at the target: unchanged
+    assert set(search.strategy.start) == {"uniform", "OWL", "sensitivity"}
+    assert search.best_genome == min(first, key=lambda g: bowl(g, None))
+
+
+def test_raising_the_token_budget_continues_to_the_result_of_the_larger_budget_from_the_start(tmp_path):
+    small, large = (config("race", offspring=4, budget_tokens=tokens) for tokens in (40_000, 90_000))
+    whole = outcome(optimize(Bowl(EQUAL), EQUAL, large, tmp_path / "whole"))
+    first = optimize(Bowl(EQUAL), EQUAL, small, tmp_path / "grown")
+    assert 40_000 <= first.evaluator.forward_tokens < whole["forward_tokens"]
+    assert outcome(optimize(Bowl(EQUAL), EQUAL, large, tmp_path / "grown")) == whole
+    assert whole["forward_tokens"] >= 90_000
+
+
+def test_a_smaller_budget_than_a_finished_search_had_is_refused(tmp_path):
+    from evoprune.search import finished_result
+    optimize(Bowl(EQUAL), EQUAL, config("race", offspring=4, generations=3), tmp_path)
+    with pytest.raises(EvopruneError, match="larger budget"):
+        finished_result(tmp_path, config("race", offspring=4, generations=2).as_config())

@@ -1,15 +1,18 @@
-"""Command line: ``python -m evoprune eval|export|search|check|notebook ...``. Errors print one line naming the fix and exit 2."""
+"""Command line: ``python -m evoprune eval|export|search|check|notebook|downstream ...``. Every parser lives here;
+errors print one line naming the fix and exit 2."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import sys
-import time
+from dataclasses import fields
 from pathlib import Path
 
 from evoprune import EvopruneError
 
+
+# --- arguments --------------------------------------------------------------------------------------------
 
 def parse_rates(text: str) -> float | list[float]:
     """``0.45`` (uniform), ``0.4,0.5,...`` (one per gene) or a JSON file holding a list or {"genome": [...]}."""
@@ -17,7 +20,8 @@ def parse_rates(text: str) -> float | list[float]:
         path = Path(text)
         if not path.is_file():
             raise EvopruneError(f"rates file {text} does not exist.")
-        obj = json.loads(path.read_text())
+        from evoprune.results import read_json
+        obj = read_json(path)
         values = obj["genome"] if isinstance(obj, dict) else obj
     else:
         try:
@@ -33,17 +37,6 @@ def parse_rates(text: str) -> float | list[float]:
     return float(values[0]) if len(values) == 1 else [float(v) for v in values]
 
 
-def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
-    from evoprune.data import default_data
-    p.add_argument("--model", default="gpt2", help="smollm2-135m, tiny-gpt2, a hub id (gpt2) or a local dir")
-    p.add_argument("--data", default=default_data(),
-                   help="'wikitext2' (hub) or a local directory like ../shared/data (default: $EVOPRUNE_DATA_DIR)")
-    p.add_argument("--criterion", default="magnitude")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--dtype", default=dtype, help=f"float32 or bfloat16 (default {dtype})")
-
-
 def parse_blocks(text: str | None) -> list[int]:
     if not text:
         return []
@@ -53,49 +46,59 @@ def parse_blocks(text: str | None) -> list[int]:
         raise EvopruneError(f"--remove-blocks {text!r}: give block indices separated by commas, e.g. 3,7.") from None
 
 
-def pruned_model(args):
-    """The model pruned to ``--rates`` by ``--criterion`` (Wanda calibrated on validation windows), with
-    ``--remove-blocks`` physically removed; returns (loaded model, pruner)."""
-    from evoprune import models, perplexity
-    from evoprune.data import load_tokens
-    from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion
+def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
+    from evoprune.data import default_data
+    p.add_argument("--model", default="gpt2", help="smollm2-135m, tiny-gpt2, a hub id (gpt2) or a local dir")
+    p.add_argument("--data", default=default_data(),
+                   help="'wikitext2' (hub) or a local directory like ../shared/data (default: $EVOPRUNE_DATA_DIR)")
+    p.add_argument("--criterion", default="magnitude")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--dtype", default=dtype, help=f"auto (bfloat16 where measured fast), float32 or bfloat16 "
+                                                  f"(default {dtype})")
 
+
+def add_pruning_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rates", default="0", help="0.45, a comma-separated list, or a .json genome file")
+    p.add_argument("--remove-blocks", help="blocks to remove physically, e.g. 3,7 (after pruning)")
+
+
+def pruned_model(args, dtype: str = "float32"):
+    """A session on ``--model`` with its model (in ``dtype``) pruned to ``--rates`` by ``--criterion`` and
+    ``--remove-blocks`` physically removed; returns (session, pruner). ``pruner.model`` is the pruned model."""
+    from evoprune import models
+    from evoprune.session import Session
     rates = parse_rates(args.rates)
     removed = parse_blocks(args.remove_blocks)
-    loaded = models.load_model(args.model)
-    n_blocks = len(models.blocks(loaded.model))
-    calibration = None
-    if get_criterion(args.criterion).needs_calibration:
-        calibration = perplexity.windows(load_tokens(loaded.tokenizer, args.data, "validation").ids, args.seq_len,
-                                         CALIBRATION_WINDOWS)
-    genes_per_block = 2 if isinstance(rates, list) and len(rates) == 2 * n_blocks else 1
-    pruner = Pruner(loaded.model, args.criterion, genes_per_block, calibration)
-    pruner.apply(rates if isinstance(rates, list) else [rates] * pruner.n_genes)
+    session = Session(args.model, args.data)
+    pruner = session.apply(rates, args.criterion, dtype)
     if removed:
-        models.remove_blocks(loaded.model, removed)
-    return loaded, pruner
+        models.remove_blocks(pruner.model, removed)
+    return session, pruner
 
+
+# --- commands ---------------------------------------------------------------------------------------------
 
 def cmd_eval(args) -> dict:
-    from evoprune import perplexity
-    from evoprune.data import load_tokens
+    import time
+    from evoprune import hardware, perplexity
     from evoprune.results import provenance
-
-    dtype = perplexity.get_dtype(args.dtype)
     if args.protocol not in perplexity.PROTOCOLS:
         raise EvopruneError(f"unknown protocol {args.protocol!r}: use one of {', '.join(perplexity.PROTOCOLS)}.")
-    loaded, pruner = pruned_model(args)
-    tokens = load_tokens(loaded.tokenizer, args.data, args.split)
+    dtype = hardware.resolve_dtype(args.dtype)
+    session, pruner = pruned_model(args, dtype)
+    tokens = session.tokens(args.split)
     start = time.perf_counter()
-    result = perplexity.measure(loaded.model, tokens.ids, args.protocol, args.seq_len, args.max_windows,
-                                args.stride, args.batch_size, dtype, progress=not args.json)
+    result = perplexity.measure(pruner.model, tokens.ids, args.protocol, args.seq_len, args.max_windows,
+                                args.stride, args.batch_size, perplexity.get_dtype(dtype), progress=not args.json)
     seconds = time.perf_counter() - start
     return {**result.as_dict(), "block_sparsity": pruner.block_sparsity(),
             "model_sparsity": pruner.model_sparsity(), "seconds": seconds, "genome": pruner.genome,
             "removed_blocks": parse_blocks(args.remove_blocks),
-            "provenance": provenance(model=args.model, weights=loaded.weights_hash, data=tokens.provenance(),
+            "provenance": provenance(model=args.model, weights=session.loaded.weights_hash, data=tokens.provenance(),
                                      criterion=args.criterion, seq_len=args.seq_len, stride=args.stride,
-                                     max_windows=args.max_windows, dtype=args.dtype)}
+                                     max_windows=args.max_windows, dtype=dtype,
+                                     dtype_decision=hardware.dtype_decision())}
 
 
 def cmd_export(args) -> dict:
@@ -104,9 +107,37 @@ def cmd_export(args) -> dict:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise EvopruneError(f"--out {out} is not empty: give a new directory.")
-    loaded, pruner = pruned_model(args)
-    return {**models.export(loaded.model, out, loaded.tokenizer), "genome": pruner.genome,
+    session, pruner = pruned_model(args)
+    return {**models.export(pruner.model, out, session.tokenizer), "genome": pruner.genome,
             "removed_blocks": parse_blocks(args.remove_blocks), "criterion": args.criterion}
+
+
+def search_settings(args):
+    """The search's settings from its flags, validated before anything is loaded."""
+    from evoprune.search import Settings
+    return Settings.from_dict({f.name: getattr(args, f.name) for f in fields(Settings)
+                               if getattr(args, f.name) is not None})
+
+
+SCAN_RATE = 0.5  # the rate of the sensitivity scan behind a race's sensitivity-ranked start (as 01's scan)
+
+
+def cmd_search(args) -> dict:
+    from evoprune import experiments
+    from evoprune.session import Session
+    settings = search_settings(args)
+    session = Session(settings.model, settings.data)
+    settings = experiments.search_settings(session, {k: v for k, v in vars(settings).items()
+                                                     if k not in ("model", "data")})
+    sensitivity = None
+    if settings.strategy == "race":  # a race starts from the best rule: the sensitivity ranking is one
+        sensitivity = [row["ppl"] for row in experiments.sensitivity_scan(
+            session, settings.criterion, SCAN_RATE, 1, settings.dtype, progress=not args.no_progress)]
+    if args.workers > 1:
+        from evoprune import workers
+        with workers.session_pool(settings, args.workers, args.ray_address) as pool:
+            return experiments.run_search(session, settings, args.out, not args.no_progress, pool, sensitivity)
+    return experiments.run_search(session, settings, args.out, not args.no_progress, sensitivity=sensitivity)
 
 
 def model_available(name: str) -> bool:
@@ -143,26 +174,68 @@ def cmd_check(args) -> None:
     print(f"profile {args.profile}: model {profile['model']} and data {data} are available")
 
 
+def cmd_notebook(args) -> dict:
+    from evoprune.notebook import notebook_parameters, parse_overrides, run_notebook
+    overrides = parse_overrides(args.set)
+    for nb in args.notebooks:  # a typo in any of them fails before the first one runs
+        notebook_parameters(args.profile, Path(nb).resolve(), overrides)
+    runs = [run_notebook(nb, args.profile, args.output_root, overrides, args.log_output) for nb in args.notebooks]
+    return {"profile": args.profile, "runs": runs}
+
+
+# --- parsers ----------------------------------------------------------------------------------------------
+
+def add_search_parser(sub) -> None:
+    """One flag per ``search.Settings`` field, with its help text; the defaults are the strategy's."""
+    from evoprune.search import Settings, flag
+    from evoprune.search import __doc__ as search_doc
+    p = sub.add_parser("search", help="evolutionary search for per-block pruning rates at a target sparsity",
+                       description=search_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(Settings):
+        kind = float if "float" in f.type else int if "int" in f.type else str
+        defaults = f.metadata["defaults"] or ({} if f.default is None else {"": f.default})
+        said = ", ".join(f"{k} {v}".strip() for k, v in defaults.items())
+        p.add_argument(flag(f.name), type=kind, required=f.name == "target",
+                       help=f.metadata["help"] + (f" (default: {said})" if said else ""))
+    p.add_argument("--out", required=True, help="directory for result.json, history.csv and the checkpoint")
+    p.add_argument("--workers", type=int, default=1, help="score each generation's children in this many worker "
+                                                          "processes of one thread each (or Ray actors)")
+    p.add_argument("--ray-address", help="score on the Ray cluster at this address (needs evoprune[ray])")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_search)
+
+
+def add_notebook_parser(sub) -> None:
+    from evoprune.results import OUTPUT_ROOT_ENV
+    p = sub.add_parser("notebook", help="run notebooks under a parameter profile (params/<profile>.yaml)")
+    p.add_argument("notebooks", nargs="+", help="notebooks/NN_name.py files, run in the order given")
+    p.add_argument("--profile", required=True, help="a params/<profile>.yaml: paper, offline, smoke, ...")
+    p.add_argument("--output-root", help=f"write reports/ and figures/ under this directory instead of the "
+                                         f"repository (default: ${OUTPUT_ROOT_ENV} when set)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter in the notebooks that declare it; VALUE is YAML (8, 0.5, null, [1, 2])")
+    p.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
+    p.set_defaults(run=cmd_notebook)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evoprune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("eval", help="perplexity of a model pruned to a rate vector")
     add_model_args(ev)
+    add_pruning_args(ev)
     ev.add_argument("--split", default="test", help="test (reported numbers) or validation")
-    ev.add_argument("--rates", default="0", help="0.45, a comma-separated list, or a .json genome file")
     ev.add_argument("--protocol", default="primary", help="primary, sliding or study")
     ev.add_argument("--stride", type=int, default=512, help="stride of the sliding and study protocols")
     ev.add_argument("--max-windows", type=int, default=None)
     ev.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
     ev.add_argument("--out", help="also write the JSON object to this file")
-    ev.add_argument("--remove-blocks", help="blocks to remove physically, e.g. 3,7 (after pruning)")
     ev.set_defaults(run=cmd_eval)
 
     ex = sub.add_parser("export", help="save a pruned model as a Hugging Face model directory (safetensors)")
     add_model_args(ex)
-    ex.add_argument("--rates", default="0", help="0.45, a comma-separated list, or a .json genome file")
-    ex.add_argument("--remove-blocks", help="blocks to remove physically, e.g. 3,7 (after pruning)")
+    add_pruning_args(ex)
     ex.add_argument("--out", required=True, help="a new directory for config.json and model.safetensors")
     ex.set_defaults(run=cmd_export)
 
@@ -170,9 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--profile", required=True)
     check.set_defaults(run=cmd_check)
 
-    from evoprune.notebook import add_notebook_parser
-    from evoprune.search import add_search_parser
-    add_search_parser(sub, add_model_args)
+    add_search_parser(sub)
     add_notebook_parser(sub)
     return parser
 

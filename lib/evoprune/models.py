@@ -8,6 +8,7 @@ Three kinds of model name are understood:
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -134,9 +135,8 @@ ATTENTION_ROWS = 128  # queries per block: the block's scores (B x heads x 128 x
 def blocked_causal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                              is_causal=None, **kwargs):
     """Causal self-attention as low-precision matmuls, ``ATTENTION_ROWS`` queries at a time: each block sees only
-    the keys up to its last query, and only its own square of keys needs the causal mask. In bfloat16 on the 2-core
-    AMD EPYC with a 436 GFLOP/s bf16 peak: 37 ms against 47 ms for PyTorch's flash kernel (4 windows x 9 heads x
-    1024 x 64). Keys are centred first; a shift shared by a row of scores leaves its softmax unchanged, and
+    the keys up to its last query, and only its own square of keys needs the causal mask (in bfloat16 it beats
+    PyTorch's flash kernel on the CPUs measured so far). Keys are centred first; a shift shared by a row of scores leaves its softmax unchanged, and
     smaller scores lose less to bfloat16 rounding. Masks, caches, decoding and dropout go to SDPA. Hugging Face's
     attention interface: query (B, H, T, D), key and value (B, KV, T, D); returns (B, T, H, D)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -191,6 +191,14 @@ def run_fast_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     register_blocked_attention()
     model.set_attn_implementation(BLOCKED_ATTENTION)
     return model
+
+
+def copy_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``model`` whose prunable block matrices are stored in ``dtype``, set up by ``run_fast_in``."""
+    twin = run_fast_in(copy.deepcopy(model), dtype)
+    for m in prunable_matrices(twin):
+        m.weight.data = m.weight.data.to(dtype)
+    return twin
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -310,6 +318,9 @@ def _load_hub(name: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model.eval(), tokenizer, name, weights_hash(model))
 
 
+LOAD_LOG_ENV = "EVOPRUNE_LOAD_LOG"  # when set: a file that gets one line per model loaded
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a model by name, on the GPU when there is one; its blocks are checked to be of a supported
     architecture."""
@@ -322,6 +333,9 @@ def load_model(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
         loaded = _load_hub(name, dtype)
     architecture_of(loaded.model)
     loaded.model.to(DEVICE)
+    if os.environ.get(LOAD_LOG_ENV):  # a test counts how often notebooks load a model
+        with open(os.environ[LOAD_LOG_ENV], "a") as f:
+            f.write(name + "\n")
     return loaded
 
 
@@ -403,25 +417,69 @@ def export(model: nn.Module, out_dir: str | Path, tokenizer=None) -> dict:
 
 def timings(fn, repeats: int = 3) -> list[float]:
     """Seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return interleaved_timings({"fn": fn}, repeats)["fn"]
+
+
+def interleaved_timings(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` calls of each function, after one warm-up call of each, taken round-robin (each
+    round in a rotated order): a slow phase of a busy machine hits every configuration alike instead of one."""
+    for fn in fns.values():
         fn()
-        samples.append(time.perf_counter() - start)
+    names, samples = list(fns), {name: [] for name in fns}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - start)
     return samples
 
 
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile)."""
+    return tuple(statistics.quantiles(values, n=4, method="inclusive")) if len(values) > 1 else (values[0],) * 3
+
+
+def spread_ms(seconds: list[float]) -> dict:
+    """Median and interquartile range in milliseconds, and the samples (in the order taken)."""
+    q1, median, q3 = quartiles(seconds)
+    return {"median_ms": 1e3 * median, "q1_ms": 1e3 * q1, "q3_ms": 1e3 * q3, "iqr_ms": 1e3 * (q3 - q1),
+            "repeats": len(seconds), "samples_ms": [round(1e3 * s, 3) for s in seconds]}
+
+
 @torch.inference_mode()
+def compare_latency(model: nn.Module, removals: dict, prompt: torch.Tensor | None = None, new_tokens: int = 32,
+                    seq_len: int = 1024, repeats: int = 10) -> dict[str, dict]:
+    """Latency of ``model`` with each set of blocks in ``removals`` (name -> block indices, [] for the whole
+    model) removed, measured interleaved: ``forward`` is one ``seq_len``-token window, ``token`` one greedily
+    generated token after ``prompt`` (skipped without a prompt), each as median and IQR over ``repeats``."""
+    window = torch.arange(seq_len, device=model.device).remainder(model.config.vocab_size).view(1, -1)
+
+    def run(drop, fn):
+        def call():
+            with BlocksRemoved(model, drop) as smaller:
+                fn(smaller)
+        return call
+
+    def generate(m):
+        m.generate(prompt.view(1, -1), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                   pad_token_id=0)
+
+    fns = {(name, "forward"): run(drop, lambda m: m(window)) for name, drop in removals.items()}
+    if prompt is not None:
+        fns.update({(name, "token"): run(drop, generate) for name, drop in removals.items()})
+    samples = interleaved_timings(fns, repeats)
+    n = len(blocks(model))
+    out = {name: {"blocks": n - len(set(drop)), "seq_len": seq_len} for name, drop in removals.items()}
+    for (name, what), seconds in samples.items():
+        per = new_tokens if what == "token" else 1
+        out[name][what] = spread_ms([s / per for s in seconds])
+    return out
+
+
 def latency(model: nn.Module, prompt: torch.Tensor, new_tokens: int = 32, seq_len: int = 1024,
             repeats: int = 3) -> dict:
-    """Median ms per generated token (greedy, warm-up excluded) and per ``seq_len``-token forward."""
-    def timed(fn) -> float:
-        return statistics.median(timings(fn, repeats))
-
-    ids = prompt.view(1, -1)
-    generate = timed(lambda: model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                            do_sample=False, pad_token_id=0))
-    window = torch.arange(seq_len, device=model.device).remainder(model.config.vocab_size).view(1, -1)
-    forward = timed(lambda: model(window))
-    return {"ms_per_token": 1e3 * generate / new_tokens, "ms_per_forward": 1e3 * forward, "seq_len": seq_len}
+    """Median ms per generated token (greedy, warm-up excluded) and per ``seq_len``-token forward, with their
+    spread; to compare configurations, time them together with ``compare_latency``."""
+    result = compare_latency(model, {"model": []}, prompt, new_tokens, seq_len, repeats)["model"]
+    return {"ms_per_token": result["token"]["median_ms"], "ms_per_forward": result["forward"]["median_ms"],
+            **result}

@@ -11,7 +11,6 @@ kernel. The executed copy goes to ``reports/<profile>/executed/NN_name.ipynb`` o
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import os
 import re
@@ -200,24 +199,3 @@ def run_notebook(path: str | Path, profile: str, output_root: str | Path | None 
     wall_s = time.perf_counter() - start
     record_timing(paths, path.stem, wall_s, parameters)
     return {"notebook": path.stem, "executed": str(executed), "wall_s": wall_s, "parameters": parameters}
-
-
-def cmd_notebook(args) -> dict:
-    overrides = parse_overrides(args.set)
-    for nb in args.notebooks:  # a typo in any of them fails before the first one runs
-        notebook_parameters(args.profile, Path(nb).resolve(), overrides)
-    runs = [run_notebook(nb, args.profile, args.output_root, overrides, args.log_output) for nb in args.notebooks]
-    return {"profile": args.profile, "runs": runs}
-
-
-def add_notebook_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("notebook", help="run notebooks under a parameter profile (params/<profile>.yaml)")
-    p.add_argument("notebooks", nargs="+", help="notebooks/NN_name.py files, run in the order given")
-    p.add_argument("--profile", required=True, help="a params/<profile>.yaml: paper, offline, smoke, ...")
-    p.add_argument("--output-root", help=f"write reports/ and figures/ under this directory instead of the "
-                                         f"repository (default: ${OUTPUT_ROOT_ENV} when set)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter in the notebooks that declare it; VALUE is YAML (8, 0.5, null, [1, 2])")
-    p.add_argument("--log-output", action="store_true", help="stream the notebooks' output to the terminal")
-    p.set_defaults(run=cmd_notebook)
-    return p

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -23,6 +24,18 @@ from evoprune import EvopruneError
 
 PROTOCOLS = ("primary", "sliding", "study")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+_FORWARD_TOKENS: Counter = Counter()  # tokens run through a model by this process, by dtype
+
+
+def count_forward(dtype: torch.dtype, tokens: int) -> None:
+    _FORWARD_TOKENS[str(dtype).removeprefix("torch.")] += int(tokens)
+
+
+def forward_tokens() -> dict[str, int]:
+    """Tokens this process has run through a model (perplexity, fitness, calibration), by dtype."""
+    return dict(_FORWARD_TOKENS)
 
 
 def exp_or_inf(x: float) -> float:
@@ -74,11 +87,12 @@ def autocast(model: nn.Module, dtype: torch.dtype):
 
 LOGIT_ROWS = 128  # positions per chunk of whole-vocabulary logits: their float32 logits (25 MB) stay in cache
 NLL_TILE = (1024, 2048)  # positions x vocabulary entries per LM-head tile of the loss: matmuls of this shape run
-                         # near the matmul peak, where 128 x 49152 reaches ~0.6 of it in float32
+                         # near the matmul peak, where a long thin 128 x 49152 one does not in float32
 
 
 def final_hidden(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Final hidden states of positions 0..L-2 (those that predict a next token): shape (B, L-1, d)."""
+    count_forward(dtype, batch.numel())
     with autocast(model, dtype):
         return model.base_model(input_ids=batch.to(model.device)).last_hidden_state[:, :-1]
 

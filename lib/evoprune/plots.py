@@ -7,8 +7,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-PROTOCOL_STYLES = {"test_ppl": ("primary protocol", "-o"), "seed_protocol_ppl": ("study protocol", "--s")}
-MODE_COLORS = {"seed": "tab:orange", "default": "tab:green"}
+PROTOCOL_STYLES = {"test_ppl": ("primary protocol", "-o"), "study_ppl": ("study protocol", "--s")}
+MODE_COLORS = {"published": "tab:orange", "elitist": "tab:green", "seed": "tab:orange", "default": "tab:green"}
 STUDY_COLOR = "0.45"
 
 
@@ -74,13 +74,20 @@ def convergence(histories: dict[str, list[dict]]) -> Figure:
     return fig
 
 
-def layer_profile(ga_genomes: dict[str, list[float]], uniform: float | None = None,
+def layer_profile(ga_genomes: dict[str, list[float] | list[list[float]]], uniform: float | None = None,
                   study_genome: list[float] | None = None) -> Figure:
-    """Pruning rate per block of each GA result (keyed by mode), the study's published genome when given, and
-    ``uniform`` as a horizontal line."""
+    """Pruning rate per block of each GA run (keyed by mode): one genome, or one per seed, drawn as their mean
+    with a min–max band; the study's published genome when given, and ``uniform`` as a horizontal line."""
     fig, ax = _figure()
-    for mode, genome in ga_genomes.items():
-        ax.plot(range(len(genome)), [g * 100 for g in genome], "-o", ms=4, color=mode_color(mode), label=f"GA {mode}")
+    for mode, genomes in ga_genomes.items():
+        genomes = genomes if isinstance(genomes[0], (list, tuple)) else [genomes]
+        per_block = [[g * 100 for g in block] for block in zip(*genomes)]
+        blocks, color = range(len(per_block)), mode_color(mode)
+        label = f"GA {mode}" if len(genomes) == 1 else f"GA {mode}: mean of {len(genomes)} seeds, min–max band"
+        ax.plot(blocks, [sum(b) / len(b) for b in per_block], "-o", ms=4, color=color, label=label)
+        if len(genomes) > 1:
+            ax.fill_between(blocks, [min(b) for b in per_block], [max(b) for b in per_block], color=color, alpha=0.2,
+                            lw=0)
     if study_genome is not None:
         ax.plot(range(len(study_genome)), [g * 100 for g in study_genome], ":x", color=STUDY_COLOR,
                 label="the study's published GA genome (GPT-2)")
@@ -99,7 +106,7 @@ def figure1(uniform_rows: list[dict], ga_rows: list[dict], study: dict | None = 
     for row in ga_rows:
         x, color = row["block_sparsity"] * 100, mode_color(row["run"])
         ax.plot(x, row["test_ppl"], "*", ms=16, color=color, label=f"GA {row['run']}, primary protocol")
-        ax.plot(x, row["seed_protocol_ppl"], "*", ms=16, mfc="none", color=color,
+        ax.plot(x, row["study_ppl"], "*", ms=16, mfc="none", color=color,
                 label=f"GA {row['run']}, study protocol")
     if study:
         label = f"the study, published ({study['model']}, its protocol)"
@@ -114,27 +121,40 @@ def figure1(uniform_rows: list[dict], ga_rows: list[dict], study: dict | None = 
     return fig
 
 
-CRITERION_STYLES = {"magnitude": "-", "wanda": "--"}
 METHOD_COLORS = {"uniform": "tab:blue", "OWL": "tab:red", "sensitivity": "tab:olive", "global": "tab:cyan",
                  "GA": "tab:green"}
 
 
 def methods(rows: list[dict], removal: list[dict], dense_ppl: float, model: str = "") -> Figure:
-    """Figure 3: test perplexity against block sparsity, one line per criterion x method, plus whole-block
-    removal (x = the share of block weights removed) and the dense level."""
-    fig, ax = _figure(7.5, 4.6)
-    lines: dict[tuple, list] = {}
-    for r in rows:
-        lines.setdefault((r["criterion"], r["method"]), []).append((r["block_sparsity"] * 100, r["test_ppl"]))
-    for (criterion, method), points in lines.items():
-        points.sort()
-        ax.plot(*zip(*points), CRITERION_STYLES.get(criterion, ":") + "o", ms=3.5,
-                color=METHOD_COLORS.get(method, "tab:purple"), label=f"{method}, {criterion}")
+    """Figure 3: test perplexity relative to dense (log) against block sparsity, one panel per criterion with one
+    colour per allocation method, and a last panel for whole-block removal (x = the share of block weights
+    removed). Each x axis spans its panel's data."""
+    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
+    fig = Figure(figsize=(4.0 * len(criteria) + 2.6 * bool(removal), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(criteria) + bool(removal), sharey=True, squeeze=False,
+                        width_ratios=[3] * len(criteria) + [2] * bool(removal))[0]
+    for ax, criterion in zip(axes, criteria):
+        lines: dict[str, list] = {}
+        for r in rows:
+            if r["criterion"] == criterion:
+                lines.setdefault(r["method"], []).append((r["block_sparsity"] * 100, r["test_ppl"] / dense_ppl))
+        for method, points in lines.items():
+            ax.plot(*zip(*sorted(points)), "-o", ms=4, color=METHOD_COLORS.get(method, "tab:purple"), label=method)
+        ax.set(title=f"{criterion} criterion", xlabel="block sparsity (%)")
+        ax.margins(x=0.06)
     if removal:
-        ax.plot([r["share"] * 100 for r in removal], [r["test_ppl"] for r in removal], "kD", ms=5,
-                label="whole blocks removed")
-    ax.axhline(dense_ppl, color="0.5", lw=0.8, ls=":", label="dense")
-    ax.set(xlabel="block sparsity (%)", ylabel="test perplexity (log)", yscale="log",
-           title=f"Criteria, allocations and block removal{f' — {model}' if model else ''}")
-    ax.legend(fontsize=7, ncol=2)
+        ax = axes[-1]
+        for r in removal:
+            x, y, n = r["share"] * 100, r["test_ppl"] / dense_ppl, len(r["removed"])
+            ax.plot(x, y, "kD", ms=6)
+            ax.annotate(f"{n} block{'s' * (n != 1)}", (x, y), textcoords="offset points", xytext=(0, 7),
+                        ha="center", fontsize=7)
+        ax.set(title="whole blocks removed", xlabel="block weights removed (%)")
+        ax.margins(x=0.2)  # room for the labels
+    for ax in axes:
+        ax.axhline(1.0, color="0.5", lw=0.8, ls=":", label="dense")
+        ax.grid(True, alpha=0.3)
+    axes[0].set(yscale="log", ylabel="test perplexity / dense (log)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Criteria, allocations and block removal{f' — {model}' if model else ''}")
     return fig

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from evoprune import EvopruneError
-from evoprune.models import Matrix, blocks, prunable_matrices, run_fast_in
+from evoprune.models import Matrix, blocks, copy_in, prunable_matrices
+from evoprune.perplexity import count_forward
 
 GROUPS = ("attention", "mlp")
 CALIBRATION_WINDOWS = 8  # validation windows whose activations calibrate Wanda and OWL
@@ -57,7 +58,9 @@ def input_norms(model: nn.Module, calibration: torch.Tensor, batch_size: int = 4
         hooks.append(model.get_submodule(m.name).register_forward_pre_hook(accumulate))
     try:
         for start in range(0, len(calibration), batch_size):
-            model.base_model(input_ids=calibration[start: start + batch_size].to(model.device))
+            batch = calibration[start: start + batch_size]
+            count_forward(torch.float32, batch.numel())
+            model.base_model(input_ids=batch.to(model.device))
     finally:
         for h in hooks:
             h.remove()
@@ -83,7 +86,7 @@ def ordering(scores: torch.Tensor, per_row: bool, transposed: bool) -> torch.Ten
 
 def orderings(matrices: list[Matrix], score: Callable, norms: dict | None) -> list[torch.Tensor]:
     """Each matrix's ordering. A sort runs on one core, so the matrices are sorted on a thread per core (torch
-    releases the GIL): ~1.9x faster on 2 cores (SmolLM2: 7.7 -> 4.1 s), the same orderings."""
+    releases the GIL); the orderings are the same."""
     def one(m: Matrix) -> torch.Tensor:
         with torch.no_grad():  # grad mode is per thread
             return ordering(score(m, norms), score.per_row, m.transposed)
@@ -185,10 +188,7 @@ class Pruner:
         bfloat16 drifts ~0.6% from float32 perplexity at 45% sparsity; ``make bench`` prints this copy's drift)."""
         if self.matrices[0].weight.dtype == dtype:
             return self
-        twin = self.on(run_fast_in(copy.deepcopy(self.model), dtype))
-        for m in twin.matrices:
-            m.weight.data = m.weight.data.to(dtype)
-        return twin
+        return self.on(copy_in(self.model, dtype))
 
     def rates_of(self, counts: Sequence[int]) -> list[float]:
         """The per-gene rates (parameter-weighted) that per-matrix counts amount to."""
@@ -250,15 +250,17 @@ def spread_around(target: float, scores: Sequence[float], spread: float) -> list
 
 @torch.no_grad()
 def outlier_ratios(model: nn.Module, calibration: torch.Tensor, threshold_m: float = 5.0) -> list[float]:
-    """OWL's per-block outlier ratio: the share of Wanda scores above M x their matrix's mean."""
+    """OWL's per-block outlier ratio as its authors compute it (``check_outlier_mean`` in luuyin/OWL): the Wanda
+    scores of all of a block's matrices together, the share of them above M x their block-wide mean."""
     norms = input_norms(model, calibration)
-    n_blocks = len(blocks(model))
-    outliers, sizes = [0] * n_blocks, [0] * n_blocks
+    scores: dict[int, list[torch.Tensor]] = {}
     for m in prunable_matrices(model):
-        score = wanda_scores(m, norms)
-        outliers[m.block] += int((score > threshold_m * score.mean()).sum())
-        sizes[m.block] += m.numel
-    return [o / s for o, s in zip(outliers, sizes)]
+        scores.setdefault(m.block, []).append(wanda_scores(m, norms).flatten())
+    ratios = []
+    for block in sorted(scores):
+        together = torch.cat(scores[block])
+        ratios.append(int((together > threshold_m * together.mean()).sum()) / together.numel())
+    return ratios
 
 
 def owl_rates(ratios: Sequence[float], target: float, spread: float = 0.08) -> list[float]:

@@ -6,26 +6,31 @@ import os
 from pathlib import Path
 
 from evoprune import EvopruneError
-from evoprune.experiments import PROTOCOLS, REPORTED_DTYPE
-from evoprune.results import ROOT, ReportPaths, markdown_table, read_json, study_published, validate_summary
+from evoprune.results import (PROTOCOLS, REPORTED_DTYPE, ROOT, ReportPaths, markdown_table, read_csv, read_json, read_record,
+                              study_published, validate_summary)
 
 RECORDS = {"baseline": "01_baseline", "uniform_sweep": "02_uniform_sweep", "ga": "03_ga_search",
            "allocations": "02_uniform_sweep", "methods_ga": "03_ga_search"}
-GA_FIELDS = ("run", "mode", "fitness_split", "min_sparsity", "criterion", "target", "block_sparsity", "genome",
-             "fitness", "test_ppl", "seed_protocol_ppl", "uniform_at_target", "evaluations", "forward_tokens", "wall_s")
+GA_FIELDS = ("run", "strategy", "fitness_split", "min_sparsity", "criterion", "target", "block_sparsity", "genome",
+             "fitness", "test_ppl", "study_ppl", "uniform_at_target", "evaluations", "forward_tokens", "wall_s")
 STATUS = ((1.5, "near dense"), (4.0, "degraded"))  # PPL / dense PPL up to these bounds; above: collapsed
+
+
+def histories(paths: ReportPaths, runs) -> dict[str, list[dict]]:
+    """Each search's ``history.csv`` (generation, best, mean, evaluations, forward tokens, wall time)."""
+    return {run: read_csv(paths.search(run) / "history.csv") for run in runs}
 
 
 def load_records(paths: ReportPaths) -> dict:
     """The notebooks' records; a missing one is an error naming the notebook that writes it."""
-    records = {name: read_json(paths.require(paths.record(name), notebook)) for name, notebook in RECORDS.items()}
+    records = {name: read_record(paths.require(paths.record(name), notebook)) for name, notebook in RECORDS.items()}
     records["timings"] = read_json(paths.timings) if paths.timings.exists() else {}
     return records
 
 
 def _test_windows(records: dict) -> dict:
     """The test windows behind every reported number, which must agree across notebooks."""
-    seen = {(r["test_windows"], r["seed_protocol_windows"])
+    seen = {(r["test_windows"], r["study_windows"])
             for r in [records["baseline"]["dense"], *records["uniform_sweep"]["rows"], *records["ga"]["rows"]]}
     if len(seen) != 1:
         raise EvopruneError(f"the notebooks measured test perplexity on different windows {sorted(seen)}: re-run "
@@ -52,8 +57,8 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
                        "notebook_wall_s": {k: v["wall_s"] for k, v in records["timings"].items()},
                        "recorded_at": {name: records[name]["provenance"]["recorded_at"] for name in RECORDS}},
         "parameter_counts": baseline["parameter_counts"],
-        "dense": {k: baseline["dense"][k] for k in ("test_ppl", "seed_protocol_ppl")},
-        "uniform": [{k: r[k] for k in ("sparsity", "criterion", "block_sparsity", "test_ppl", "seed_protocol_ppl")}
+        "dense": {k: baseline["dense"][k] for k in ("test_ppl", "study_ppl")},
+        "uniform": [{k: r[k] for k in ("sparsity", "criterion", "block_sparsity", "test_ppl", "study_ppl")}
                     for r in sweep["rows"]],
         "ga": [{k: r[k] for k in GA_FIELDS} for r in ga["rows"]],
         "generalization": ga["generalization"],
@@ -85,7 +90,6 @@ def methods_summary(allocations: dict, methods_ga: dict) -> dict:
 
 def methods_table(summary: dict) -> list[dict]:
     """One line per criterion x method; per target, test perplexity and its ratio to dense."""
-    from evoprune.experiments import pivot
     dense = summary["methods"]["dense_ppl"]
     table = pivot(summary["methods"]["rows"])
     for line in table:
@@ -121,6 +125,15 @@ def wanda_targets(summary: dict) -> str:
     return "GA with Wanda, " + "; ".join(parts) if parts else ""
 
 
+def pivot(rows: list[dict]) -> list[dict]:
+    """Method rows as a table: one line per criterion and method, one column of test perplexity per target."""
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        line = table.setdefault((r["criterion"], r["method"]), {"criterion": r["criterion"], "method": r["method"]})
+        line[f"{r['target']:.0%}"] = r["test_ppl"]
+    return sorted(table.values(), key=lambda line: line["criterion"])  # stable: methods keep their order
+
+
 def status(ppl: float, dense_ppl: float) -> str:
     for bound, label in STATUS:
         if ppl <= bound * dense_ppl:
@@ -136,20 +149,20 @@ def results_table(summary: dict, sparsities=(0.3, 0.4, 0.45, 0.5)) -> list[dict]
 
     def row(method, target, r):
         return {"Method": method, "Target sparsity": target if isinstance(target, str) else f"{target:.0%}", "Block sparsity": f"{r['block_sparsity']:.2%}",
-                "Perplexity (primary)": r["test_ppl"], "Perplexity (study protocol)": r["seed_protocol_ppl"],
+                "Perplexity (primary)": r["test_ppl"], "Perplexity (study protocol)": r["study_ppl"],
                 "Status": status(r["test_ppl"], dense["test_ppl"])}
 
     rows = [{**row("Dense", 0.0, {**dense, "block_sparsity": 0.0}), "Status": "baseline"}]
     rows += [row("Uniform magnitude", u["sparsity"], u) for u in summary["uniform"]
              if round(u["sparsity"], 6) in wanted]
-    rows += [row(ga_label(g), f"≥{g['min_sparsity']:.0%}" if g["mode"] == "seed" else g["target"], g)
+    rows += [row(ga_label(g), f"≥{g['min_sparsity']:.0%}" if g["strategy"] == "published" else g["target"], g)
              for g in summary["ga"]]
     return rows
 
 
 def ga_label(g: dict) -> str:
     held_out = "held-out" if g["fitness_split"] != "test" else "scored on its own fitness data"
-    return f"GA {g['run']} ({g['mode']} mode, fitness on {g['fitness_split']}: {held_out})"
+    return f"GA {g['run']} ({g['strategy']} strategy, fitness on {g['fitness_split']}: {held_out})"
 
 
 def study_table() -> list[dict]:
@@ -193,7 +206,7 @@ pruning; every rate is a fraction of a block's prunable weights.
 Status: perplexity (primary) up to {STATUS[0][0]}x dense is "{STATUS[0][1]}", up to {STATUS[1][0]}x "{STATUS[1][1]}",
 above that "collapsed". A GA row whose fitness is on validation is held out: its test perplexities come from
 windows the search never scored. A row whose fitness is on test (the study's own setting) is scored on its own
-fitness data and says so. Seed mode, as published, penalizes genomes below target - tolerance and has no upper
+fitness data and says so. The published strategy, as published, penalizes genomes below target - tolerance and has no upper
 bound, so its target reads "≥".
 
 For reference only, **the study's published numbers** (GPT-2 124M, its own protocol, GA scored on the windows it
@@ -289,7 +302,7 @@ def methods_section(summary: dict) -> str:
     return f"""## Beyond the study: criteria, allocations without search, whole-block removal
 
 Test perplexity, {m['dtype']} (block matrices stored in bf16 under autocast), the first {m['test_windows']} test
-windows, primary protocol; dense is {m['dense_ppl']:.4g} on these windows. GA rows: `default` mode at one small
+windows, primary protocol; dense is {m['dense_ppl']:.4g} on these windows. GA rows: the `elitist` strategy at one small
 budget for every cell (see `reports/<profile>/search/methods/`), fitness on validation.
 
 {markdown_table(methods_table(summary))}
@@ -309,7 +322,7 @@ def findings(summary: dict) -> str:
     dense, m = summary["dense"]["test_ppl"], summary["methods"]
     uniform = {round(u["sparsity"], 6): u["test_ppl"] for u in summary["uniform"]}
     lines = []
-    for g in (g for g in summary["ga"] if g["mode"] == "default"):
+    for g in (g for g in summary["ga"] if g["strategy"] == "elitist"):
         lines.append(f"The `{g['run']}` search at {g['target']:.0%} is {g['test_ppl'] / dense:.2f}x dense and "
                      f"{g['test_ppl'] / uniform[round(g['target'], 6)]:.2f}x uniform on test, against "
                      f"{g['fitness'] / g['uniform_at_target']['fitness']:.2f}x uniform on its own validation "
@@ -337,7 +350,7 @@ def search_lines(summary: dict) -> str:
     lines = []
     for g in summary["ga"]:
         cfg = summary["provenance"]["budgets"][g["run"]]
-        same = uniform.get(round(g["block_sparsity"], 6)) if g["mode"] == "default" else None
+        same = uniform.get(round(g["block_sparsity"], 6)) if g["strategy"] == "elitist" else None
         versus = f", {g['test_ppl'] / same:.2f}x uniform at the same sparsity" if same else ""
         lines.append(f"- `{g['run']}`: population {cfg['population']}, {cfg['generations']} generations, "
                      f"{cfg['fitness_windows']} {cfg['fitness_split']} fitness windows ({cfg['dtype']}); "
@@ -356,7 +369,7 @@ BENCH_ROWS = (  # (label, figure, format, target)
     ("bf16 evaluation tokens/s", "tokens_per_s_bf16", "{:,.0f}", ""),
     ("bf16 perplexity vs fp32, largest of dense and 45%", "bf16_ppl_rel_error", "{:.2%}", "≤ 0.5%"),
     ("apply + evaluate / plain Hugging Face forward of the same model", "overhead_ratio", "{:.3f}", "≤ 1.05"),
-    ("tokens `default` needed to reach `seed`'s final fitness / tokens `seed` used", "search_token_ratio",
+    ("tokens `elitist` needed to reach `published`'s final fitness / tokens `published` used", "search_token_ratio",
      "{:.3f}", "≤ 0.05"),
     ("peak resident memory of a search (GiB)", "peak_rss_gib", "{:.2f}", "≤ 3"),
     ("last committed offline run (s)", "offline_wall_s", "{:.0f}", "≤ 2700"),
@@ -390,7 +403,7 @@ def update_readme(profile: str, root: Path | None = None) -> Path:
     its performance table with the one generated from ``reports/bench.json`` when that exists."""
     from evoprune.results import report_paths
     text = _replace_section(README.read_text(), BEGIN, END,
-                            readme_section(read_json(report_paths(profile, root).summary)))
+                            readme_section(read_record(report_paths(profile, root).summary)))
     if BENCH.exists():
         text = _replace_section(text, BENCH_BEGIN, BENCH_END, bench_section(read_json(BENCH)))
     README.write_text(text)

@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from evoprune import EvopruneError
 
 ROOT = Path(__file__).resolve().parents[2]
+REPORTED_DTYPE = "float32"  # every reported (test) perplexity of the study
+PROTOCOLS = {
+    "primary": "non-overlapping 1024-token windows over the test split, tail dropped; "
+               "PPL = exp(total NLL / predicted tokens)",
+    "study": "the published study's protocol: 1024-token windows every 512 tokens, 128 drawn with "
+             "random.seed(365); PPL = exp(mean of per-window mean losses)",
+}
 PACKAGES = ("torch", "transformers", "numpy", "evoprune")
 STUDY_PUBLISHED = ROOT / "data" / "study_published.json"
 
@@ -43,7 +48,9 @@ def hardware() -> dict:
                 break
     except OSError:
         pass
+    import torch  # imported here: reading and writing records needs no torch
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "capability": torch.backends.cpu.get_cpu_capability(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -62,10 +69,8 @@ def provenance(**fields) -> dict:
 
 class MeasurementLog:
     """Perplexities measured during a profile's run, one JSON line each (``ReportPaths.measurements``), keyed by
-    everything that decides them: model weights, criterion, the exact number of weights removed from each matrix,
-    text, protocol, windows, dtype and code commit. A notebook that needs a number an earlier one measured (dense in
-    01 and 02, uniform at a search's target in 02 and 03) reads it back instead of spending minutes recomputing it.
-    ``MeasurementLog(None)`` measures every time."""
+    everything that decides them (``session.Session.measure`` builds the key). A notebook that needs a number an
+    earlier one measured reads it back instead of recomputing it. ``MeasurementLog(None)`` remembers nothing."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = None if path is None else Path(path)
@@ -79,39 +84,43 @@ class MeasurementLog:
                     continue
                 self.known[entry["key"]] = entry["value"]
 
-    def perplexity(self, pruner, weights: str, tokens, protocol: str, windows: int | None, dtype: str,
-                   **options):
-        """``perplexity.measure`` of the pruner's model as pruned now, or the logged value of the same measurement.
-        ``options`` go to ``perplexity.measure`` (seq_len, stride, batch_size; the first two are in the key)."""
-        from evoprune import perplexity
-        key = json.dumps({"weights": weights, "criterion": pruner.criterion, "removed": pruner.removed,
-                          "text": tokens.text_sha256, "split": tokens.split, "protocol": protocol,
-                          "windows": windows, "dtype": dtype, "commit": self.commit,
-                          "seq_len": options.get("seq_len", 1024), "stride": options.get("stride", 512)},
-                         sort_keys=True)
-        if key not in self.known:
-            measured = perplexity.measure(pruner.model, tokens.ids, protocol, max_windows=windows,
-                                          dtype=perplexity.get_dtype(dtype), **options)
-            self.known[key] = measured.as_dict()
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a") as f:
-                    f.write(json.dumps({"key": key, "value": self.known[key]}) + "\n")
-        return perplexity.Perplexity(**self.known[key])
+    def key(self, **fields) -> str:
+        return json.dumps({**fields, "commit": self.commit}, sort_keys=True)
+
+    def get(self, key: str) -> dict | None:
+        return self.known.get(key)
+
+    def put(self, key: str, value: dict) -> dict:
+        self.known[key] = value
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"key": key, "value": value}) + "\n")
+        return value
 
 
-def write_json(path: str | Path, obj) -> Path:
-    """Write JSON atomically: a reader sees the old file or the complete new one, never a partial one."""
+def write_text(path: str | Path, text: str) -> Path:
+    """Write text atomically: a reader sees the old file or the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
 
 
+def write_json(path: str | Path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
+    """A JSON file; a corrupt or truncated one is an error naming the file and the fix."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise EvopruneError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}): it was probably cut short "
+                            f"or edited by hand. Delete it (and rerun what writes it) or restore it from git.") from None
 
 
 def study_published() -> dict:
@@ -202,17 +211,39 @@ def resolve_data(data: str | None) -> str:
     return os.path.normpath(ROOT / data)  # not resolve(): a symlinked data directory keeps the name it was given
 
 
-# --- atomic text, tables and records ----------------------------------------------------------------------
+def portable_data(data: str) -> str:
+    """A data directory as a path relative to the repository root (how profiles name it), so a search's config,
+    and with it the committed results, mean the same search in a clone elsewhere with the data beside it."""
+    from evoprune.data import HUB, PYTHON_DOCS
+    return data if data in (HUB, PYTHON_DOCS) else os.path.relpath(os.path.abspath(data), ROOT)
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write text atomically (see write_json)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
+# --- records written under earlier names --------------------------------------------------------------------
+
+RENAMED_KEYS = {"seed_protocol_ppl": "study_ppl", "seed_protocol_windows": "study_windows", "mode": "strategy"}
+RENAMED_STRATEGIES = {"seed": "published", "default": "elitist"}
+
+
+def upgrade(obj):
+    """A record written before the search strategies were renamed (``mode`` seed/default, ``seed_protocol_ppl``),
+    read under today's names (``strategy`` published/elitist, ``study_ppl``). Run names are left as they are."""
+    if isinstance(obj, list):
+        return [upgrade(item) for item in obj]
+    if not isinstance(obj, dict):
+        return obj
+    new = {}
+    for key, value in obj.items():
+        key = RENAMED_KEYS.get(key, key)
+        new[key] = RENAMED_STRATEGIES.get(value, value) if key == "strategy" else upgrade(value)
+    return new
+
+
+def read_record(path: str | Path) -> dict:
+    """A record (``reports/<profile>/*.json``, ``summary.json``) under today's names."""
+    return upgrade(read_json(path))
+
+
+# --- tables and records -------------------------------------------------------------------------------------
 
 def format_cell(value, digits: int = 4) -> str:
     if isinstance(value, float):
@@ -227,17 +258,22 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: i
     return "\n".join(lines) + "\n"
 
 
+def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> Path:
+    """Write rows as CSV atomically (full precision)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
 def write_table(rows: list[dict], stem: str | Path, columns: list[str] | None = None) -> tuple[Path, Path]:
     """Write rows as ``stem.csv`` (full precision) and ``stem.md`` (rounded, for reading)."""
     if not rows:
         raise EvopruneError(f"no rows to write to {stem}.")
     stem = Path(stem)
     columns = columns or list(rows[0])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return (write_text(stem.with_suffix(".csv"), buf.getvalue()),
+    return (write_csv(stem.with_suffix(".csv"), rows, columns),
             write_text(stem.with_suffix(".md"), markdown_table(rows, columns)))
 
 
@@ -256,10 +292,18 @@ def read_csv(path: str | Path) -> list[dict]:
         return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def record_tokens(paths: ReportPaths, notebook: str, tokens: dict[str, int]) -> None:
+    """A notebook's forward tokens by dtype, in its ``timings.json`` entry (its last cell writes them; the runner
+    adds the wall time when the notebook has finished)."""
+    timings = read_json(paths.timings) if paths.timings.exists() else {}
+    timings[notebook] = {**timings.get(notebook, {}), "forward_tokens": tokens}
+    write_json(paths.timings, timings)
+
+
 def record_timing(paths: ReportPaths, notebook: str, wall_s: float, parameters: dict) -> dict:
     """Add one notebook's wall time (and the parameters it ran with) to ``timings.json``."""
     timings = read_json(paths.timings) if paths.timings.exists() else {}
-    timings[notebook] = {"wall_s": wall_s, "parameters": parameters,
+    timings[notebook] = {**timings.get(notebook, {}), "wall_s": wall_s, "parameters": parameters,
                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json(paths.timings, timings)
     return timings
@@ -302,11 +346,11 @@ def _type(kind: type, name: str):
 
 SUMMARY_SCHEMA = {"profile": _type(str, "string"), "model": _type(str, "string"), "data": _type(dict, "object"),
                   "protocol": _type(dict, "object"), "provenance": _type(dict, "object"),
-                  "dense": {"test_ppl": _check_ppl, "seed_protocol_ppl": _check_ppl},
+                  "dense": {"test_ppl": _check_ppl, "study_ppl": _check_ppl},
                   "uniform": [{"sparsity": _check_rate, "criterion": _type(str, "string"), "test_ppl": _check_ppl}],
-                  "ga": [{"mode": _type(str, "string"), "criterion": _type(str, "string"), "target": _check_rate,
+                  "ga": [{"strategy": _type(str, "string"), "criterion": _type(str, "string"), "target": _check_rate,
                           "block_sparsity": _check_rate, "genome": _check_genome, "fitness": _check_number,
-                          "test_ppl": _check_ppl, "seed_protocol_ppl": _check_ppl, "evaluations": _check_count,
+                          "test_ppl": _check_ppl, "study_ppl": _check_ppl, "evaluations": _check_count,
                           "forward_tokens": _check_count, "wall_s": _check_seconds}]}
 
 

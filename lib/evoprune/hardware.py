@@ -1,0 +1,137 @@
+"""Choosing the fitness dtype from the hardware it runs on.
+
+``resolve_dtype("auto")`` picks bfloat16 only where it is fast: a CUDA device that supports it, or a CPU on which
+a short matmul probe (``probe_matmul``, ~0.15 s) runs bfloat16 at least ``BF16_SPEEDUP`` x the float32 GFLOP/s
+(native bf16 instructions such as AVX512_BF16 or AMX; elsewhere bf16 is emulated and slower than float32).
+The probe's figures are cached per machine and thread count in ``data/cache/hardware_probe_<threads>t.json``,
+keyed by a fingerprint of the CPU, torch build, thread count and GPU; a file written on another machine is probed
+again and overwritten.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from evoprune import EvopruneError
+from evoprune.models import CACHE_DIR
+from evoprune.perplexity import get_dtype
+
+CHOICES = ("auto", "float32", "bfloat16")
+PROBE_SHAPE = (2048, 576, 1536)  # rows x in x out: two 1024-token windows through a SmolLM2 MLP matrix
+PROBE_REPEATS = 3                # timed calls per dtype after one warm-up; the best counts
+PROBE_BUDGET_S = 0.25            # per dtype: stop repeating once this much time went into timed calls
+BF16_SPEEDUP = 1.2               # bfloat16 must beat float32 GFLOP/s by this factor to be chosen
+
+_last: dict | None = None  # the latest decision, for dtype_decision()
+_printed: set[str] = set()
+
+
+def cpu_info() -> tuple[str, str]:
+    """CPU model name and a hash of its feature flags, from /proc/cpuinfo (the platform's name elsewhere)."""
+    found = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            found.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = found.get("model name") or platform.processor() or platform.machine()
+    flags = found.get("flags") or found.get("Features", "")
+    return name, hashlib.sha256(flags.encode()).hexdigest()[:16]
+
+
+def fingerprint() -> dict:
+    """What decides the probe's figures: CPU, its flags, torch build and kernels, threads, GPU."""
+    name, flags = cpu_info()
+    return {"cpu": name, "cpu_flags": flags, "torch": torch.__version__,
+            "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def probe_matmul(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = PROBE_REPEATS) -> dict:
+    """GFLOP/s of a model-shaped CPU matmul in float32 and in bfloat16 (best of ``repeats`` after a warm-up), on
+    torch's current thread count."""
+    rows, inner, cols = shape
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(rows, inner, generator=gen), torch.randn(inner, cols, generator=gen)
+    start, figures = time.perf_counter(), {}
+    for name in ("float32", "bfloat16"):
+        x, w = a.to(get_dtype(name)), b.to(get_dtype(name))
+        torch.mm(x, w)
+        best, spent = float("inf"), 0.0
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.mm(x, w)
+            best, spent = min(best, time.perf_counter() - t), spent + time.perf_counter() - t
+            if spent > PROBE_BUDGET_S:
+                break
+        figures[f"{name}_gflops"] = round(2 * rows * inner * cols / best / 1e9, 1)
+    return {**figures, "shape": list(shape), "wall_s": round(time.perf_counter() - start, 3)}
+
+
+def probe_file() -> Path:
+    return CACHE_DIR / f"hardware_probe_{torch.get_num_threads()}t.json"
+
+
+def cached_probe(probe: Callable[[], dict] = probe_matmul, path: Path | None = None) -> dict:
+    """The probe's figures for this machine: from ``path`` (``probe_file()``) when it was written under the same
+    fingerprint, else measured now and written there."""
+    here, path = fingerprint(), Path(path or probe_file())
+    try:
+        saved = json.loads(Path(path).read_text())
+        if saved.get("fingerprint") == here:
+            return saved["probe"]
+    except (OSError, ValueError, KeyError, AttributeError):  # none yet, or unreadable: probe again
+        pass
+    figures = probe()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"fingerprint": here, "probe": figures}, indent=1))
+    tmp.replace(path)
+    return figures
+
+
+def resolve_dtype(name: str, probe: Callable[[], dict] | None = None, path: Path | None = None) -> str:
+    """The fitness dtype for a requested name: float32 and bfloat16 as they are; ``auto``: bfloat16 on a CUDA
+    device that supports it or on a CPU where the probe finds it ``BF16_SPEEDUP`` x faster, else float32.
+    ``probe`` replaces ``probe_matmul`` (tests). The decision is printed once per process, to stderr."""
+    global _last
+    if name not in CHOICES:
+        raise EvopruneError(f"unknown dtype {name!r}: use one of {', '.join(CHOICES)}.")
+    here, figures = fingerprint(), None
+    if name != "auto":
+        get_dtype(name)
+        dtype = name
+    elif here["cuda"] is not None:
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    else:
+        figures = cached_probe(probe or probe_matmul, path)
+        fast = figures["bfloat16_gflops"] >= BF16_SPEEDUP * figures["float32_gflops"]
+        dtype = "bfloat16" if fast else "float32"
+    _last = {"requested": name, "dtype": dtype, "capability": here["capability"], "probe": figures,
+             "fingerprint": here}
+    if name == "auto":
+        line = (f"evoprune: fitness dtype auto -> {dtype} (CPU capability {here['capability']}, "
+                f"{here['threads']} threads, cuda {here['cuda']}; probe "
+                + (f"float32 {figures['float32_gflops']} GFLOP/s, bfloat16 {figures['bfloat16_gflops']} GFLOP/s)"
+                   if figures else "not run)"))
+        if line not in _printed:
+            _printed.add(line)
+            print(line, file=sys.stderr)
+    return dtype
+
+
+def dtype_decision() -> dict:
+    """The latest decision for provenance records: requested, dtype, capability, probe figures (None when no
+    probe ran) and the machine fingerprint. Resolves ``auto`` if nothing was resolved yet."""
+    if _last is None:
+        resolve_dtype("auto")
+    return dict(_last)

@@ -1,0 +1,239 @@
+"""A session: one loaded model and everything measured on it.
+
+It loads the model once (float32), tokenizes each split once, calibrates every criterion on the same validation
+windows, keeps one pruner per criterion, gene layout and dtype (a copy of the model in another dtype is made once
+and shared), looks test perplexities up in the profile's measurement log before measuring them, and builds the
+search objective. The notebooks' experiments, the command line, the panel and ``make bench`` all go through it.
+
+Pruners of one model share its weights: ``pruner()`` hands one out after giving the model back dense from the one
+that last changed it, so ask the session for a pruner again after using another criterion or layout.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evoprune import EvopruneError, models, perplexity
+from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
+from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion, outlier_ratios
+from evoprune.results import REPORTED_DTYPE, MeasurementLog, resolve_data
+from evoprune.search import GENES, STUDY_STRIDE, Settings
+
+
+class Session:
+    def __init__(self, model: str, data: str | None = None, log: str | Path | None = None):
+        self.name = model
+        self.data = resolve_data(data)
+        self.loaded = models.load_model(model)  # float32; other dtypes are copies (``model_in``)
+        self.log = MeasurementLog(log)
+        self._tokens: dict[str, Tokens] = {}
+        self._pruners: dict[tuple, Pruner] = {}
+        self._copies: dict[str, torch.nn.Module] = {}
+        self._active: dict[int, tuple] = {}  # id(model) -> the pruner that last changed it
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def n_blocks(self) -> int:
+        return len(models.blocks(self.model))
+
+    def tokens(self, split: str) -> Tokens:
+        """A split of the session's data, or the second held-out text (``split="python-docs"``)."""
+        if split not in self._tokens:
+            data, part = (PYTHON_DOCS, "test") if split == PYTHON_DOCS else (self.data, split)
+            self._tokens[split] = load_tokens(self.tokenizer, data, part)
+        return self._tokens[split]
+
+    def calibration(self) -> torch.Tensor:
+        """The validation windows that calibrate Wanda and OWL, the same for every criterion."""
+        return perplexity.windows(self.tokens("validation").ids, max_windows=CALIBRATION_WINDOWS)
+
+    def outlier_ratios(self) -> list[float]:
+        """OWL's per-block outlier ratios of the dense model on the calibration windows, computed once."""
+        if not hasattr(self, "_outliers"):
+            self.restore()
+            self._outliers = outlier_ratios(self.model, self.calibration())
+        return self._outliers
+
+    # --- pruners ---
+
+    def model_in(self, dtype: str) -> torch.nn.Module:
+        """The model for fitness in ``dtype``: the float32 model itself, or one copy whose block matrices are
+        stored in ``dtype`` (``models.run_fast_in``; run it under autocast, ``perplexity.autocast``)."""
+        if dtype == REPORTED_DTYPE:
+            return self.model
+        if dtype not in self._copies:
+            self._give_back(self.model)  # the copy starts dense
+            self._copies[dtype] = models.copy_in(self.model, perplexity.get_dtype(dtype))
+        return self._copies[dtype]
+
+    def pruner(self, criterion: str = "magnitude", genes_per_block: int = 1, dtype: str = REPORTED_DTYPE) -> Pruner:
+        """The pruner of ``criterion`` and gene layout over the model in ``dtype``, built once."""
+        key = (criterion, genes_per_block, dtype)
+        if key not in self._pruners:
+            if dtype == REPORTED_DTYPE:
+                get_criterion(criterion)
+                self._give_back(self.model)
+                calibration = self.calibration() if get_criterion(criterion).needs_calibration else None
+                self._pruners[key] = Pruner(self.model, criterion, genes_per_block, calibration)
+            else:
+                base = self.pruner(criterion, genes_per_block)
+                base.restore()
+                model = self.model_in(dtype)
+                self._give_back(model)
+                self._pruners[key] = base.on(model)  # same orderings, same weights pruned
+        pruner = self._pruners[key]
+        model_id = id(pruner.model)
+        if self._active.get(model_id, key) != key:
+            self._pruners[self._active[model_id]].restore()
+        self._active[model_id] = key
+        return pruner
+
+    def _give_back(self, model: torch.nn.Module) -> None:
+        """Make ``model`` dense again through whichever pruner changed it last."""
+        key = self._active.pop(id(model), None)
+        if key is not None:
+            self._pruners[key].restore()
+
+    def apply(self, genome, criterion: str = "magnitude", dtype: str = REPORTED_DTYPE) -> Pruner:
+        """Prune to a rate vector (one rate per block, per block x group, or one number for all)."""
+        genes_per_block = 2 if isinstance(genome, (list, tuple)) and len(genome) == 2 * self.n_blocks else 1
+        pruner = self.pruner(criterion, genes_per_block, dtype)
+        pruner.apply(genome)
+        return pruner
+
+    def restore(self) -> None:
+        """Every model of the session dense again."""
+        for model in [self.model, *self._copies.values()]:
+            self._give_back(model)
+
+    # --- measurements ---
+
+    def measure(self, pruner: Pruner, protocol: str = "primary", windows: int | None = None,
+                dtype: str = REPORTED_DTYPE, split: str = "test", seq_len: int = 1024, stride: int = STUDY_STRIDE,
+                batch_size: int = 4) -> perplexity.Perplexity:
+        """Perplexity of ``pruner``'s model as pruned now, or the logged value of the same measurement."""
+        tokens = self.tokens(split)
+        key = self.log.key(weights=self.loaded.weights_hash, criterion=pruner.criterion, removed=pruner.removed,
+                           text=tokens.text_sha256, split=tokens.split, protocol=protocol, windows=windows,
+                           dtype=dtype, seq_len=seq_len, stride=stride)
+        value = self.log.get(key)
+        if value is None:
+            value = self.log.put(key, perplexity.measure(
+                pruner.model, tokens.ids, protocol, seq_len, windows, stride, batch_size,
+                perplexity.get_dtype(dtype)).as_dict())
+        return perplexity.Perplexity(**value)
+
+    def reported(self, genome, criterion: str = "magnitude", windows: int | None = None, batch_size: int = 4,
+                 dtype: str = REPORTED_DTYPE, seq_len: int = 1024) -> dict:
+        """Test perplexity of the model pruned to ``genome`` under both protocols (float32 unless asked)."""
+        pruner = self.apply(genome, criterion, dtype)
+        primary, study = (self.measure(pruner, protocol, windows, dtype, seq_len=seq_len, batch_size=batch_size)
+                          for protocol in ("primary", "study"))
+        return {"genome": pruner.genome, "block_sparsity": pruner.block_sparsity(),
+                "model_sparsity": pruner.model_sparsity(), "test_ppl": primary.ppl, "test_windows": primary.n_windows,
+                "study_ppl": study.ppl, "study_windows": study.n_windows}
+
+    def data_provenance(self, splits=("test", "validation")) -> dict:
+        """The data setting and, per split, its file or hub source, text hash and token count."""
+        return {"setting": self.data, **{split: self.tokens(split).provenance() for split in splits}}
+
+    # --- the search objective ---
+
+    def objective(self, settings: Settings) -> "ModelObjective":
+        """Fitness of genomes for a search with these settings (``settings.dtype`` already resolved)."""
+        pruner = self.pruner(settings.criterion, GENES[settings.genes], settings.dtype)
+        return ModelObjective(pruner, self.tokens(settings.fitness_split).ids, settings)
+
+
+# --- the model objective -------------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def mean_kl(model: torch.nn.Module, wins: torch.Tensor, dense_hidden: torch.Tensor, batch_size: int,
+            dtype: torch.dtype) -> float:
+    """Mean over predicted tokens of KL(dense || model). The dense model's next-token distributions come from its
+    final hidden states (``dense_hidden``, from ``final_hidden`` before pruning) through the same, never pruned,
+    LM head, chunk by chunk: a few MB per window instead of a vocabulary-wide tensor."""
+    total = 0.0
+    for start in range(0, len(wins), batch_size):
+        hidden = perplexity.final_hidden(model, wins[start: start + batch_size], dtype)
+        chunks = zip(perplexity.chunk_logits(model, hidden, dtype),
+                     perplexity.chunk_logits(model, dense_hidden[start: start + batch_size], dtype))
+        for (_, logits), (_, dense) in chunks:
+            ref = dense.log_softmax(-1)
+            total += (ref.exp() * (ref - logits.log_softmax(-1))).sum().double().item()
+    return total / (len(wins) * (wins.shape[1] - 1))
+
+
+def fresh_windows(ids: torch.Tensor, seq_len: int, n: int, draw: tuple) -> torch.Tensor:
+    """``n`` windows at random places of the whole split, the same for the same ``draw`` (seed, generation,
+    stage) on every run."""
+    rng = np.random.default_rng([int(x) for x in draw])
+    starts = rng.integers(0, ids.numel() - seq_len + 1, size=n)
+    return torch.stack([ids[s: s + seq_len] for s in starts])
+
+
+class ModelObjective:
+    """Fitness of a genome: prune the model (in the fitness dtype) in place, then score a sample of windows: the
+    first ``n`` fitness windows, or a fresh sample (``search.fresh_sample``). Study-protocol perplexity for the
+    published GA, else primary perplexity or KL to the dense model on the same windows."""
+
+    def __init__(self, pruner: Pruner, ids: torch.Tensor, settings: Settings):
+        self.pruner, self.model, self.ids, self.settings = pruner, pruner.model, ids, settings
+        self.study = settings.strategy == "published"
+        self.dtype = perplexity.get_dtype(settings.dtype)
+        if settings.fitness_windows is not None:
+            self.check_windows(settings.fitness_windows)
+        self.samples: dict = {}  # sample -> (windows, dense final hidden states for KL)
+        self.setup_tokens = 0
+
+    def check_windows(self, n: int) -> None:
+        tokens, seq_len = self.ids.numel(), self.settings.seq_len
+        if self.study:
+            available = (tokens - seq_len) // STUDY_STRIDE + 1 if tokens >= seq_len else 0
+        else:
+            available = tokens // seq_len
+        if n > available:
+            raise EvopruneError(f"--fitness-windows {n} is more than the {available} windows of {seq_len} tokens "
+                                f"the {self.settings.fitness_split} split holds: lower it.")
+
+    def sample(self, sample) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The windows of a sample and, for KL fitness, the dense model's final hidden states on them. Fresh
+        samples are kept only while they are in use (a generation's stages)."""
+        if sample not in self.samples:
+            seq_len = self.settings.seq_len
+            if isinstance(sample, int):
+                wins = (perplexity.study_windows(self.ids, seq_len, STUDY_STRIDE, sample) if self.study
+                        else perplexity.windows(self.ids, seq_len, sample))
+            else:
+                wins = fresh_windows(self.ids, seq_len, sample[1], sample[0])
+                for old in [k for k in self.samples if not isinstance(k, int)][:-2]:
+                    del self.samples[old]
+            dense = None
+            if self.settings.fitness == "kl":
+                genome = self.pruner.genome
+                self.pruner.restore()
+                bs = self.settings.batch_size
+                dense = torch.cat([perplexity.final_hidden(self.model, wins[s: s + bs], self.dtype)
+                                   for s in range(0, len(wins), bs)])
+                self.pruner.apply(genome)
+                self.setup_tokens += wins.numel()
+            self.samples[sample] = (wins, dense)
+        return self.samples[sample]
+
+    def __call__(self, genome: list, sample) -> float:
+        wins, dense = self.sample(sample)
+        self.pruner.apply(genome)
+        batch_size = self.settings.batch_size
+        if dense is not None:
+            return mean_kl(self.model, wins, dense, batch_size, self.dtype)
+        score = perplexity.study if self.study else perplexity.primary
+        return score(self.model, wins, batch_size, self.dtype).ppl
