@@ -1,12 +1,13 @@
-"""`make bench`: speed and memory figures on SmolLM2-135M, printed; the last line is one JSON object.
+"""`make bench`: speed and memory figures on SmolLM2-135M, printed; the last line is one JSON object, also written
+to reports/bench.json.
 
-Figures are ratios measured in the same run (so they survive a busy or a different machine), raw numbers beside
-them. Nothing here is asserted: targets are read against the printed values. Search-cost figures come from the
-last committed offline run (reports/offline/search/), re-scored here where the two modes' fitness data differ.
+Every figure is a ratio of two times measured in this run (so it carries over to a busy or a different machine),
+printed beside the CPU capability and the dtype ``auto`` chose here; absolute times stay with the machine that
+measured them. Nothing is asserted: targets are read against the printed values. Search-cost figures come from the
+last committed offline run (reports/offline/).
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import os
@@ -15,20 +16,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from evoprune import perplexity
-from evoprune.data import load_tokens
-from evoprune.models import load_model, timings
-from evoprune.pruning import Pruner
-from evoprune.results import ROOT, provenance, read_csv, read_json, write_json
+from evoprune import hardware, perplexity
+from evoprune.models import timings
+from evoprune.results import ROOT, provenance, read_json, read_record, write_json
+from evoprune.search import Settings, optimize
+from evoprune.session import Session
 
 SEQ_LEN, N_WINDOWS = 1024, 4
 OFFLINE = ROOT / "reports" / "offline"
-TARGETS = {"apply_over_eval": "<= 0.05", "eval_peak_fraction": ">= 0.45", "overhead_ratio": "<= 1.05",
-           "search_token_ratio": "<= 0.05", "peak_rss_gib": "<= 3", "offline_wall_s": "<= 2700"}
+DTYPES = ("float32", "bfloat16")
+TARGETS = {"fitness_peak_fraction": ">= 0.7", "auto_over_best": "<= 1.05", "prefix_reuse_ratio": "<= 0.8",
+           "offline_overhead_ratio": "<= 1.15", "peak_rss_gib": "<= 3", "apply_over_eval": "<= 0.05",
+           "bf16_ppl_rel_error": "<= 0.005", "search_token_ratio": "<= 0.05"}
+RACE = {"strategy": "race", "target": 0.45, "offspring": 8, "generations": 3, "stages": 2}  # prefix-reuse search
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -43,53 +46,68 @@ def matmul_peak_gflops(dtype: torch.dtype) -> float:
     return best
 
 
-def evaluation_figures(data: str) -> dict:
-    """Apply cost, evaluation throughput in both dtypes, and the overhead of apply + evaluate over a plain
-    Hugging Face forward of the same tokens."""
-    loaded = load_model("smollm2-135m")
-    model = loaded.model
-    wins = perplexity.windows(load_tokens(loaded.tokenizer, data, "validation").ids, SEQ_LEN, N_WINDOWS)
-    pruner = Pruner(model)
+def evaluation_figures(session: Session, chosen: str) -> dict:
+    """Per dtype: a fitness evaluation (apply a new genome, then score 4 x 1024 tokens) against a plain Hugging Face
+    forward of the same model and tokens, and against the dtype's matmul peak; bf16's perplexity error."""
+    wins = perplexity.windows(session.tokens("validation").ids, SEQ_LEN, N_WINDOWS)
     gen = torch.Generator().manual_seed(0)
-    genomes = [(0.3 + 0.3 * torch.rand(pruner.n_genes, generator=gen)).tolist() for _ in range(6)]
+    genomes = [(0.3 + 0.3 * torch.rand(session.n_blocks, generator=gen)).tolist() for _ in range(6)]
+    figures = {}
+    for dtype in DTYPES:
+        pruner, torch_dtype = session.pruner("magnitude", 1, dtype), perplexity.get_dtype(dtype)
+        alternate = itertools.cycle(genomes)  # each call applies a genome that differs from the last one
+        figures[f"fitness_s_{dtype}"] = best_of(lambda: (pruner.apply(next(alternate)), perplexity.primary(
+            pruner.model, wins, dtype=torch_dtype)), 2)
+        with torch.inference_mode(), perplexity.autocast(pruner.model, torch_dtype):
+            figures[f"plain_forward_s_{dtype}"] = best_of(lambda: pruner.model(wins), 2)
+        figures[f"matmul_peak_gflops_{dtype}"] = matmul_peak_gflops(torch_dtype)
+        pruner.restore()
+    pruner = session.pruner()
     pruner.apply(genomes[0])
     start = time.perf_counter()
     for g in genomes[1:]:
         pruner.apply(g)
     apply_s = (time.perf_counter() - start) / (len(genomes) - 1)
-
-    bf16 = torch.bfloat16
-    fast = pruner.in_dtype(bf16)  # what search fitness runs on: block matrices stored in bf16, under autocast
-    eval_fp32 = best_of(lambda: perplexity.primary(model, wins), repeats=2)
-    eval_bf16 = best_of(lambda: perplexity.primary(fast.model, wins, dtype=bf16), repeats=2)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=bf16):
-        plain = best_of(lambda: fast.model(wins), repeats=2)
-    native = copy.deepcopy(model).to(bf16)
-    with torch.inference_mode():
-        plain_native = best_of(lambda: native(wins), repeats=2)
-    del native
-    alternate = itertools.cycle(genomes[1:3])  # each call applies a genome that differs from the last one
-    fitness = best_of(lambda: (fast.apply(next(alternate)), perplexity.primary(fast.model, wins, dtype=bf16)), 2)
     errors = {}
     for rate in (0.0, 0.45):  # bf16 error grows with sparsity: measured dense and at the study's target
-        pruner.apply(rate)
-        fast.apply(rate)
-        ppl32 = perplexity.primary(model, wins).ppl
-        errors[rate] = abs(perplexity.primary(fast.model, wins, dtype=bf16).ppl - ppl32) / ppl32
-    pruner.restore()
-    flops = 2 * sum(p.numel() for p in model.parameters()) * wins.numel()
-    return {"apply_s": apply_s, "eval_s_fp32": eval_fp32, "eval_s_bf16": eval_bf16, "plain_forward_s_bf16": plain,
-            "plain_forward_s_native_bf16": plain_native, "fitness_s": fitness,
-            "apply_over_eval": apply_s / eval_bf16, "overhead_ratio": fitness / plain,
-            "overhead_ratio_vs_native_bf16": fitness / plain_native,
-            "tokens_per_s_fp32": wins.numel() / eval_fp32, "tokens_per_s_bf16": wins.numel() / eval_bf16,
+        exact = perplexity.primary(session.apply(rate).model, wins).ppl
+        fast = perplexity.primary(session.apply(rate, dtype="bfloat16").model, wins, dtype=torch.bfloat16).ppl
+        errors[rate] = abs(fast - exact) / exact
+    session.restore()
+    flops = 2 * sum(p.numel() for p in session.model.parameters()) * wins.numel()
+    fitness = {dtype: figures[f"fitness_s_{dtype}"] for dtype in DTYPES}
+    return {**figures, "chosen_dtype": chosen, "flops_per_eval": flops, "apply_s": apply_s,
+            "fitness_peak_fraction": flops / fitness[chosen] / 1e9 / figures[f"matmul_peak_gflops_{chosen}"],
+            "auto_over_best": fitness[chosen] / min(fitness.values()),
+            "overhead_ratio": fitness[chosen] / figures[f"plain_forward_s_{chosen}"],
+            "apply_over_eval": apply_s / fitness[chosen],
+            **{f"tokens_per_s_plain_{d}": wins.numel() / figures[f"plain_forward_s_{d}"] for d in DTYPES},
             "bf16_ppl_rel_error": max(errors.values()), "bf16_ppl_rel_error_dense": errors[0.0],
-            "bf16_ppl_rel_error_45": errors[0.45], "flops_per_eval": flops}
+            "bf16_ppl_rel_error_45": errors[0.45]}
+
+
+def prefix_reuse_figures(session: Session, chosen: str) -> dict:
+    """The same short race search with and without prefix reuse: wall time ratio, and whether the results agree."""
+    settings = Settings.from_dict({**RACE, "model": session.name, "dtype": chosen})
+    rules = {"sensitivity": [0.45 + 0.1 * (b / (session.n_blocks - 1) - 0.5) for b in range(session.n_blocks)]}
+    runs = {}
+    for reuse in (False, True, False):  # the plain run twice, around the other: a drifting machine shows
+        objective = session.objective(settings, reuse)
+        start = time.perf_counter()
+        search = optimize(objective, objective.pruner.gene_sizes(), settings, rules=rules)
+        runs.setdefault(reuse, []).append((time.perf_counter() - start, search.best_genome, search.history))
+    session.restore()
+    plain = min(seconds for seconds, _, _ in runs[False])
+    reused, genome, history = runs[True][0]
+    same = all(genome == g and [h["best"] for h in history] == [h["best"] for h in hist]
+               for _, g, hist in runs[False])
+    return {"prefix_reuse_ratio": reused / plain, "prefix_search_s": reused, "plain_search_s": plain,
+            "prefix_same_result": same, "prefix_search": RACE}
 
 
 def tokens_to_reach(checkpoint: dict, threshold: float) -> int | None:
-    """Forward tokens a default-mode search had spent when one of its full-fidelity evaluations first scored at
-    most ``threshold``. The checkpoint's fitness cache lists every evaluation in the order it was made."""
+    """Forward tokens an elitist search had spent when one of its full-fidelity evaluations first scored at most
+    ``threshold``. The checkpoint's fitness cache lists every evaluation in the order it was made."""
     config = checkpoint["config"]
     spent = 0
     for _, n_windows, value in checkpoint["cache"]:
@@ -99,88 +117,83 @@ def tokens_to_reach(checkpoint: dict, threshold: float) -> int | None:
     return None
 
 
-def search_cost_figures(data: str) -> dict:
-    """Forward tokens and wall time each mode of the committed offline run needed to reach its final best, and
-    the tokens `default` needed to reach the fitness `seed` ended with, on the same (default's) fitness data,
-    counted evaluation by evaluation."""
-    runs = {name: read_json(OFFLINE / "search" / name / "result.json") for name in ("seed", "default")}
-    seed, default = runs["seed"], runs["default"]
-    config = default["config"]
-    loaded = load_model("smollm2-135m")
-    pruner = Pruner(loaded.model)
-    pruner.apply(seed["genome"])
-    wins = perplexity.windows(load_tokens(loaded.tokenizer, data, config["fitness_split"]).ids, config["seq_len"],
-                              config["fitness_windows"])
-    fast = pruner.in_dtype(perplexity.get_dtype(config["dtype"]))  # how the search scored its genomes
-    seed_on_default_data = perplexity.primary(fast.model, wins, dtype=perplexity.get_dtype(config["dtype"])).ppl
-    reached = tokens_to_reach(read_json(OFFLINE / "search" / "default" / "checkpoint.json"), seed_on_default_data)
-    figures = {f"{name}_best_found_at": r["best_found_at"] for name, r in runs.items()}
-    figures.update({
-        "best_found_token_ratio": default["best_found_at"]["forward_tokens"] / seed["best_found_at"]["forward_tokens"],
-        "best_found_wall_ratio": default["best_found_at"]["wall_s"] / seed["best_found_at"]["wall_s"],
-        "seed_forward_tokens": seed["forward_tokens"],
-        "seed_final_fitness_on_default_data": seed_on_default_data,
-        "default_tokens_to_reach_seed": reached,
-        "search_token_ratio": reached / seed["forward_tokens"] if reached else None,
-        "search_token_ratio_vs_seed_best_found": (reached / seed["best_found_at"]["forward_tokens"]
-                                                  if reached else None),
-    })
-    return figures
+def search_cost_figures(session: Session) -> dict:
+    """From the committed offline run: the tokens its elitist search (run `default`) needed to reach the fitness
+    its published search (run `seed`) ended with, on the elitist search's fitness windows."""
+    published, elitist = (read_record(OFFLINE / "search" / run / "result.json") for run in ("seed", "default"))
+    config = elitist["config"]
+    wins = perplexity.windows(session.tokens(config["fitness_split"]).ids, config["seq_len"], config["fitness_windows"])
+    pruner = session.apply(published["genome"], dtype=config["dtype"])
+    on_elitist_data = perplexity.primary(pruner.model, wins, dtype=perplexity.get_dtype(config["dtype"])).ppl
+    session.restore()
+    reached = tokens_to_reach(read_json(OFFLINE / "search" / "default" / "checkpoint.json"), on_elitist_data)
+    return {"published_forward_tokens": published["forward_tokens"],
+            "published_final_fitness_on_elitist_data": on_elitist_data, "elitist_tokens_to_reach_published": reached,
+            "search_token_ratio": reached / published["forward_tokens"] if reached else None}
+
+
+def offline_overhead(figures: dict) -> dict:
+    """The committed offline run's wall time over the time its forward tokens would take at this run's plain forward
+    throughput, dtype by dtype (None where the run predates per-notebook token counts)."""
+    path = OFFLINE / "timings.json"
+    notebooks = read_json(path) if path.exists() else {}
+    if not notebooks or any("forward_tokens" not in t for stem, t in notebooks.items() if stem != "04_analysis"):
+        return {"offline_overhead_ratio": None, "offline_tokens": None}
+    tokens: dict[str, int] = {}
+    for t in notebooks.values():
+        for dtype, n in t.get("forward_tokens", {}).items():
+            tokens[dtype] = tokens.get(dtype, 0) + n
+    wall = sum(t["wall_s"] for t in notebooks.values())
+    expected = sum(n / figures[f"tokens_per_s_plain_{dtype}"] for dtype, n in tokens.items())
+    return {"offline_overhead_ratio": wall / expected, "offline_tokens": tokens, "offline_wall_s": wall}
+
+
+def child_json(*argv: str) -> dict:
+    """Run a command of this environment and read the JSON object its last line prints."""
+    done = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def search_peak_rss_gib(data: str) -> float:
-    """Peak resident memory of a short default-mode search on SmolLM2, in a child process of its own."""
+    """Peak resident memory of a short race search on SmolLM2 (prefix reuse on, stages of 1, 2 and 4 windows), in a
+    child process of its own; run before any other child, since the figure is the largest child's."""
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, "-m", "evoprune", "search", "--model", "smollm2-135m", "--data", data,
-                        "--target", "0.45", "--population", "3", "--generations", "2", "--fitness-windows", "2",
+                        "--target", "0.45", "--strategy", "race", "--offspring", "4", "--generations", "2",
                         "--test-windows", "1", "--no-progress", "--out", out], check=True, capture_output=True)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20  # KiB -> GiB
-
-
-def offline_wall_s() -> float | None:
-    timings = OFFLINE / "timings.json"
-    return sum(t["wall_s"] for t in read_json(timings).values()) if timings.exists() else None
 
 
 def main() -> None:
     data = os.environ.get("EVOPRUNE_DATA_DIR")
     if not data:
         raise SystemExit("make bench needs the local WikiText copy: set EVOPRUNE_DATA_DIR (e.g. ../shared/data).")
-    figures = evaluation_figures(data)
-    figures["matmul_peak_gflops_fp32"] = matmul_peak_gflops(torch.float32)
-    figures["matmul_peak_gflops_bf16"] = matmul_peak_gflops(torch.bfloat16)
-    figures["eval_peak_fraction"] = figures["flops_per_eval"] / figures["eval_s_bf16"] / 1e9 / \
-        figures["matmul_peak_gflops_bf16"]
-    figures["eval_peak_fraction_fp32"] = figures["flops_per_eval"] / figures["eval_s_fp32"] / 1e9 / \
-        figures["matmul_peak_gflops_fp32"]
-    if (OFFLINE / "search" / "default" / "result.json").exists():
-        figures.update(search_cost_figures(data))
-    figures["peak_rss_gib"] = search_peak_rss_gib(data)
-    figures["offline_wall_s"] = offline_wall_s()
-    figures["threads"] = torch.get_num_threads()
+    chosen = hardware.resolve_dtype("auto")
+    figures = {"peak_rss_gib": search_peak_rss_gib(data), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "threads": torch.get_num_threads(), "dtype_decision": hardware.dtype_decision()}
+    session = Session("smollm2-135m", data)
+    figures.update(evaluation_figures(session, chosen))
+    figures.update(prefix_reuse_figures(session, chosen))
+    figures.update(offline_overhead(figures))
+    if (OFFLINE / "search" / "default" / "checkpoint.json").exists():
+        figures.update(search_cost_figures(session))
+    del session
+    figures["latency"] = child_json("bench/latency.py", "--repeats", "7")
+    figures["workers"] = child_json("bench/workers.py")
 
-    print(f"SmolLM2-135M, {N_WINDOWS}x{SEQ_LEN} validation tokens, {figures['threads']} threads")
-    print(f"apply a new rate vector: {figures['apply_s'] * 1e3:.0f} ms = {figures['apply_over_eval']:.3f} of a bf16 "
-          f"evaluation ({figures['eval_s_bf16']:.2f} s)")
-    print(f"evaluation fp32: {figures['tokens_per_s_fp32']:.0f} tokens/s = {figures['eval_peak_fraction_fp32']:.2f} "
-          f"of the fp32 matmul peak ({figures['matmul_peak_gflops_fp32']:.0f} GFLOP/s)")
-    print(f"evaluation bf16: {figures['tokens_per_s_bf16']:.0f} tokens/s = {figures['eval_peak_fraction']:.2f} "
-          f"of the bf16 matmul peak ({figures['matmul_peak_gflops_bf16']:.0f} GFLOP/s); perplexity "
-          f"{figures['bf16_ppl_rel_error_dense']:.2%} from fp32 dense, {figures['bf16_ppl_rel_error_45']:.2%} at 45%")
-    print(f"apply + evaluate ({figures['fitness_s']:.2f} s) over a plain Hugging Face forward of the same model "
-          f"({figures['plain_forward_s_bf16']:.2f} s): {figures['overhead_ratio']:.2f}; over a forward of the "
-          f"model cast wholly to bf16 ({figures['plain_forward_s_native_bf16']:.2f} s): "
-          f"{figures['overhead_ratio_vs_native_bf16']:.2f}")
-    if "search_token_ratio" in figures:
-        print(f"offline run: default found its best after {figures['default_best_found_at']['forward_tokens']:,} "
-              f"forward tokens, seed after {figures['seed_best_found_at']['forward_tokens']:,} "
-              f"(ratio {figures['best_found_token_ratio']:.3f}; wall {figures['best_found_wall_ratio']:.3f})")
-        print(f"default reached seed's final fitness ({figures['seed_final_fitness_on_default_data']:.2f} on "
-              f"default's fitness windows) after {figures['default_tokens_to_reach_seed']} tokens; seed used "
-              f"{figures['seed_forward_tokens']:,}: ratio {figures['search_token_ratio']} (against the tokens seed "
-              f"needed to reach its own final best: {figures['search_token_ratio_vs_seed_best_found']})")
-    print(f"peak resident memory of a short search: {figures['peak_rss_gib']:.2f} GiB")
-    print(f"last committed offline run: {figures['offline_wall_s']} s")
+    print(f"SmolLM2-135M, {N_WINDOWS}x{SEQ_LEN} validation tokens, {figures['threads']} threads, CPU capability "
+          f"{figures['cpu_capability']}; dtype auto -> {chosen}")
+    for dtype in DTYPES:
+        print(f"  {dtype}: fitness evaluation {figures[f'fitness_s_{dtype}']:.2f} s, plain forward "
+              f"{figures[f'plain_forward_s_{dtype}']:.2f} s, matmul peak {figures[f'matmul_peak_gflops_{dtype}']:.0f} "
+              f"GFLOP/s")
+    latency = {row["removed"]: row["ratio"] for row in figures["latency"]["rows"]}
+    print("forward time with blocks removed / whole model: "
+          + ", ".join(f"{k} removed {v:.3f}" for k, v in latency.items()))
+    w = figures["workers"]
+    print(f"one generation's {w['children']} children: 1 process x 2 threads {w['serial_1x2_s']:.2f} s, 2 processes x "
+          f"1 thread {w['process_2x1_s']:.2f} s (gain {w['process_ratio'] - 1:.0%}; search --workers uses processes "
+          f"only when asked)" + (f", 2 Ray actors {w['ray_2x1_s']:.2f} s" if "ray_2x1_s" in w else ""))
     for key, target in TARGETS.items():
         print(f"  {key}: {figures.get(key)}  (target {target})")
     write_json(ROOT / "reports" / "bench.json", {"figures": figures, "provenance": provenance(command="make bench")})

@@ -51,6 +51,9 @@ method_windows = 1
 method_budget = {"population": 4, "generations": 2, "fitness_windows": 1}
 removal = {"k": 2, "population": 4, "generations": 2, "fitness_windows": 1}
 export_windows = 1
+downstream_tasks = []  # lm-evaluation-harness tasks (offline: wikitext_lastword); [] skips them
+downstream_limit = None  # items per task (None: all)
+downstream_target = 0.45  # dense, uniform and the GA runs at this target (magnitude; Wanda from the methods sweep)
 
 # %%
 from IPython.display import Image, Markdown
@@ -81,6 +84,14 @@ Markdown(results.markdown_table(ga["generalization"]))
 methods = experiments.methods_with_search(session, paths, method_targets, method_criteria, method_budget, removal,
                                           method_windows, export_windows, seed, dtype)
 Markdown(results.markdown_table(report.pivot(methods["rows"])) + "\n" + results.markdown_table(methods["exports"]))
+
+# %% [markdown]
+# ## Downstream accuracy (lm-evaluation-harness) beside test perplexity
+
+# %%
+rows = experiments.downstream_study(session, paths, downstream_tasks, downstream_limit, downstream_target, ga,
+                                    methods, test_windows)
+Markdown(results.markdown_table(rows) if rows else "no downstream tasks in this profile")
 
 # %%
 experiments.finish(paths, "03_ga_search")

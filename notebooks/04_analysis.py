@@ -48,12 +48,12 @@ Image(plots.save_figure(plots.figure1(summary["uniform"], summary["ga"], study, 
                         paths.figure("figure1")))
 
 # %% [markdown]
-# ## Figure 2: layer-wise pruning profiles
+# ## Figure 2: layer-wise pruning profiles (a search over several seeds: their mean and range)
 
 # %%
 n_genes = len(summary["ga"][0]["genome"])
 Image(plots.save_figure(
-    plots.layer_profile({g["run"]: g["genome"] for g in summary["ga"]}, summary["ga"][0]["min_sparsity"],
+    plots.layer_profile(report.layer_profiles(summary), summary["ga"][0]["min_sparsity"],
                         study["ga"]["genome"] if n_genes == len(study["ga"]["genome"]) else None),
     paths.figure("figure2_layer_profile")))
 

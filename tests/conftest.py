@@ -22,3 +22,15 @@ def data_dir() -> str:
 def tiny():
     from evoprune.models import tiny_gpt2
     return tiny_gpt2()
+
+
+def extra_or_skip(load):
+    """An optional extra (``load`` imports it or raises EvopruneError naming it): skipped where it is missing,
+    unless CI is set (CI installs every extra)."""
+    from evoprune import EvopruneError
+    try:
+        return load()
+    except EvopruneError as err:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(err))

@@ -3,7 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from evoprune import EvopruneError
-from evoprune.models import BlocksRemoved, blocks, export, latency, remove_blocks, tiny_gpt2, tiny_llama
+from evoprune.models import (BlocksRemoved, blocks, compare_latency, export, interleaved_timings, latency, remove_blocks,
+                             tiny_gpt2, tiny_llama)
 from evoprune.pruning import Pruner
 
 
@@ -53,3 +54,17 @@ def test_export_reload_gives_identical_logits(tmp_path, make):
 def test_latency_reports_both_figures():
     result = latency(tiny_llama(), torch.arange(8), new_tokens=4, seq_len=64, repeats=1)
     assert result["ms_per_token"] > 0 and result["ms_per_forward"] > 0
+
+
+def test_interleaved_timings_go_round_robin_in_rotated_order():
+    order = []
+    interleaved_timings({k: (lambda k=k: order.append(k)) for k in "abc"}, 2)
+    assert order == list("abcabcbca")  # one warm-up call each, then rounds starting one later each time
+
+
+def test_compare_latency_times_each_removal_and_leaves_the_model_whole():
+    model = tiny_gpt2().model
+    timed = compare_latency(model, {"whole": [], "half": range(6)}, torch.arange(8), new_tokens=2, seq_len=64,
+                            repeats=3)
+    assert timed["whole"]["blocks"] == 12 and timed["half"]["blocks"] == 6 and len(blocks(model)) == 12
+    assert timed["half"]["forward"]["repeats"] == 3 and timed["half"]["token"]["iqr_ms"] >= 0

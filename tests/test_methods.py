@@ -5,7 +5,10 @@ import torch
 
 from evoprune import EvopruneError, experiments
 from evoprune.models import blocks
+from evoprune.hardware import resolve_dtype
 from evoprune.session import Session
+
+FAST = resolve_dtype("auto")  # bfloat16 where it is native; on AVX2-only CPUs it is emulated and far slower
 
 
 @pytest.fixture(scope="module")
@@ -24,20 +27,20 @@ def unchanged(setup, before) -> bool:
 def test_allocations_meet_each_target_and_leave_the_model_dense(setup):
     before = weights(setup)
     rows = experiments.allocation_sweep(setup, [0.45, 0.7], ["magnitude", "wanda"], [float(b % 5) for b in range(12)],
-                                        n_windows=1, dtype="bfloat16", progress=False)
+                                        n_windows=1, dtype=FAST, progress=False)
     methods = {(r["criterion"], r["method"]) for r in rows}
     assert methods == {("magnitude", m) for m in ("uniform", "OWL", "sensitivity", "global")} | \
         {("wanda", m) for m in ("uniform", "OWL", "sensitivity")}
     assert len(rows) == 2 * len(methods)
     for r in rows:
         assert r["block_sparsity"] == pytest.approx(r["target"], abs=1e-4), r
-        assert r["test_windows"] == 1 and r["dtype"] == "bfloat16" and r["test_ppl"] > 1
+        assert r["test_windows"] == 1 and r["dtype"] == FAST and r["test_ppl"] > 1
     assert unchanged(setup, before)
 
 
 def test_block_removal_tables_and_depths(setup):
     before = weights(setup)
-    removal = experiments.block_removals(setup, n_windows=1, dtype="bfloat16", progress=False)
+    removal = experiments.block_removals(setup, n_windows=1, dtype=FAST, progress=False)
     assert [r["removed"] for r in removal["single"]] == [[b] for b in range(12)]
     assert len(removal["pairs"]) == 66  # every pair: the model has 12 blocks
     dense, one, two = removal["depths"]
@@ -49,7 +52,7 @@ def test_block_removal_tables_and_depths(setup):
 
 
 def test_removal_run_removes_k_blocks_and_is_read_back(setup, tmp_path, monkeypatch):
-    budget = {"population": 4, "generations": 2, "fitness_windows": 1, "test_windows": 1, "dtype": "bfloat16"}
+    budget = {"population": 4, "generations": 2, "fitness_windows": 1, "test_windows": 1, "dtype": FAST}
     result = experiments.removal_run(setup, 3, tmp_path, **budget)
     assert len(result["removed"]) == 3 and result["test"]["blocks"] == 9
     import evoprune.removal

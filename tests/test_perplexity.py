@@ -73,19 +73,18 @@ def test_measurement_log_reads_back_the_same_measurement_only(tmp_path, monkeypa
     """A logged perplexity is read back for the same pruned state and measured anew for any other state; a line
     cut short by a kill is measured again."""
     from evoprune.data import Tokens
-    from evoprune.pruning import Pruner
     from evoprune.results import MeasurementLog
-    model = tiny_gpt2().model
-    pruner = Pruner(model)
-    tokens = Tokens(random_ids(128 * 4), "random", "test", "sha")
+    from evoprune.session import Session
+    session = Session("tiny-gpt2")
+    session._tokens["test"] = Tokens(random_ids(128 * 4), "random", "test", "sha")
     path = tmp_path / "measurements.jsonl"
     calls = []
     measure = perplexity.measure
     monkeypatch.setattr(perplexity, "measure", lambda *a, **k: calls.append(1) or measure(*a, **k))
 
     def logged(log, rate):
-        pruner.apply(rate)
-        return log.perplexity(pruner, "weights", tokens, "primary", 2, "float32", seq_len=128)
+        session.log = log
+        return session.measure(session.apply(rate), "primary", 2, seq_len=128)
 
     first = logged(MeasurementLog(path), 0.3)
     assert logged(MeasurementLog(path), 0.3) == first and len(calls) == 1

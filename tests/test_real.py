@@ -54,9 +54,10 @@ def test_dense_and_uniform_45_match_independent_computation(smollm2):
 
 def test_bfloat16_fitness_copy_stays_within_half_a_percent_of_float32(data_dir):
     """Search fitness runs on a copy whose block matrices are stored in bf16 (Pruner.in_dtype) under autocast;
-    issue 7 allows 0.5% from float32 on the same tokens. Checked dense and at 45%, where bf16 drifts most."""
+    issue 7 allows 0.5% from float32 on the same tokens. Checked dense and at 45%, where bf16 drifts most, on one
+    short window: on CPUs without native bf16 (AVX2 only) bf16 matmuls are emulated and ~80x slower."""
     loaded = load_model("smollm2-135m")
-    wins = perplexity.windows(load_tokens(loaded.tokenizer, data_dir, "validation").ids, 1024, 2)
+    wins = perplexity.windows(load_tokens(loaded.tokenizer, data_dir, "validation").ids, 256, 1)
     pruner = Pruner(loaded.model)
     fast = pruner.in_dtype(torch.bfloat16)
     for rate in (0.0, 0.45):

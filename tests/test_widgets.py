@@ -17,13 +17,38 @@ def calibration():
 
 @pytest.fixture
 def panel(tiny, calibration, tmp_path):
-    return PrunePanel(tiny.model, calibration, debounce_s=0, export_path=tmp_path / "genome.json")
+    """A panel opened on the dense model (every rate 0)."""
+    return PrunePanel(tiny.model, calibration, debounce_s=0, export_path=tmp_path / "genome.json",
+                      initial=[0.0] * 12)
 
 
 def test_one_slider_per_block(panel):
     assert len(panel.sliders) == 12
     assert all(s.min == 0 and s.max == pytest.approx(0.9) for s in panel.sliders)
-    assert panel.genome == [0.0] * 12
+    assert [s.description for s in panel.sliders] == [f"block {i}" for i in range(12)]
+    assert panel.genome == [0.0] * 12 and panel.preset_dropdown.value == CUSTOM
+
+
+def test_opens_uniform_at_the_target(tiny, calibration):
+    panel = PrunePanel(tiny.model, calibration, target=0.3, debounce_s=0)
+    assert panel.genome == pytest.approx([0.3] * 12) and panel.preset_dropdown.value == "uniform 30%"
+    assert panel.pruner.genome == pytest.approx(panel.genome)  # the perplexity shown is the uniform model's
+    assert "block sparsity 30.00%" in panel.sparsity_label.value
+
+
+def test_opens_at_a_named_preset(tiny, calibration):
+    ga = [0.3 + 0.02 * i for i in range(12)]
+    panel = PrunePanel(tiny.model, calibration, presets={"GA best (default)": ga}, debounce_s=0,
+                       initial="GA best (default)")
+    assert panel.genome == pytest.approx(ga) and panel.preset_dropdown.value == "GA best (default)"
+    with pytest.raises(ValueError, match="no preset 'GA best'"):
+        PrunePanel(tiny.model, calibration, presets={"GA best (default)": ga}, initial="GA best")
+    with pytest.raises(ValueError, match="3 rates"):
+        PrunePanel(tiny.model, calibration, initial=[0.1, 0.2, 0.3])
+
+
+def test_chart_axis_says_block(panel):
+    assert panel._figure.axes[0].get_xlabel() == "block"
 
 
 def test_sparsity_labels_follow_the_sliders(panel):
@@ -55,10 +80,10 @@ def test_rescale_clips_at_the_maximum_rate(panel):
 
 def test_perplexity_label_updates_and_matches_a_direct_measurement(panel, tiny, calibration):
     dense_label = panel.ppl_label.value
-    assert "calibration windows" in dense_label and not panel.busy
+    assert "(2 calibration windows)" in dense_label and not panel.busy
     panel.sliders[3].value = 0.8
     assert panel.ppl_label.value != dense_label
-    expected = perplexity.primary(tiny.model, calibration, dtype=torch.bfloat16).ppl  # the model is pruned now
+    expected = perplexity.primary(tiny.model, calibration, dtype=panel.dtype).ppl  # the model is pruned now
     assert f"{expected:.2f}" in panel.ppl_label.value
     assert panel.status_label.value == ""
 
@@ -92,6 +117,11 @@ def test_presets_set_the_sliders(tiny, calibration, tmp_path):
     assert panel.genome == pytest.approx(ga)
     panel.sliders[0].value = 0.0  # a hand edit is no preset any more
     assert panel.preset_dropdown.value == CUSTOM
+
+
+def test_one_calibration_window_is_singular(tiny, calibration):
+    panel = PrunePanel(tiny.model, calibration[:1], debounce_s=0)
+    assert "(1 calibration window)" in panel.ppl_label.value
 
 
 def test_study_preset_needs_twelve_genes():

@@ -135,7 +135,8 @@ def cmd_search(args) -> dict:
             session, settings.criterion, SCAN_RATE, 1, settings.dtype, progress=not args.no_progress)]
     if args.workers > 1:
         from evoprune import workers
-        with workers.session_pool(settings, args.workers, args.ray_address) as pool:
+        backend = "ray" if args.ray_address else args.backend
+        with workers.session_pool(settings, args.workers, args.ray_address, backend) as pool:
             return experiments.run_search(session, settings, args.out, not args.no_progress, pool, sensitivity)
     return experiments.run_search(session, settings, args.out, not args.no_progress, sensitivity=sensitivity)
 
@@ -183,6 +184,29 @@ def cmd_notebook(args) -> dict:
     return {"profile": args.profile, "runs": runs}
 
 
+def cmd_downstream(args) -> dict:
+    from importlib.metadata import version
+    from evoprune import hardware
+    from evoprune.downstream import (LOCAL_TASKS, evaluate, import_lm_eval, lastword_file,
+                                     task_manager)
+    from evoprune.models import file_hash
+    from evoprune.results import provenance
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    import_lm_eval()
+    task_manager(tasks)  # a bad task name fails before the model loads
+    dtype = hardware.resolve_dtype(args.dtype)
+    session, pruner = pruned_model(args, dtype)
+    results = evaluate(pruner.model, session.tokenizer, tasks, args.limit, args.batch_size, session.data, dtype)
+    files = {t: lastword_file(session.data) for t in tasks if t in LOCAL_TASKS}
+    local = {t: {"file": str(path), "sha256": file_hash(path)} for t, path in files.items()}
+    return {"tasks": results, "genome": pruner.genome, "block_sparsity": pruner.block_sparsity(),
+            "removed_blocks": parse_blocks(args.remove_blocks),
+            "provenance": provenance(model=args.model, weights=session.loaded.weights_hash, criterion=args.criterion,
+                                     tasks=tasks, limit=args.limit, dtype=dtype, data=session.data,
+                                     local_task_files=local, lm_eval=version("lm_eval"))}
+
+
 # --- parsers ----------------------------------------------------------------------------------------------
 
 def add_search_parser(sub) -> None:
@@ -200,7 +224,9 @@ def add_search_parser(sub) -> None:
     p.add_argument("--out", required=True, help="directory for result.json, history.csv and the checkpoint")
     p.add_argument("--workers", type=int, default=1, help="score each generation's children in this many worker "
                                                           "processes of one thread each (or Ray actors)")
-    p.add_argument("--ray-address", help="score on the Ray cluster at this address (needs evoprune[ray])")
+    p.add_argument("--backend", default="process", help="process (worker processes here) or ray (Ray actors; a "
+                                                        "local cluster unless --ray-address; needs evoprune[ray])")
+    p.add_argument("--ray-address", help="score on the Ray cluster at this address (implies --backend ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_search)
 
@@ -242,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="fail fast if a profile's model or data is unavailable here")
     check.add_argument("--profile", required=True)
     check.set_defaults(run=cmd_check)
+
+    from evoprune.downstream import LOCAL_TASKS, STANDARD_TASKS
+    down = sub.add_parser("downstream", help="accuracy of a pruned model on lm-evaluation-harness tasks")
+    add_model_args(down)
+    add_pruning_args(down)
+    down.add_argument("--tasks", default=LOCAL_TASKS[0],
+                      help=f"comma-separated: {', '.join(LOCAL_TASKS)} (offline) or harness tasks such as "
+                           f"{', '.join(STANDARD_TASKS)} (need a network)")
+    down.add_argument("--limit", type=int, help="score only the first N items of each task")
+    down.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    down.set_defaults(run=cmd_downstream)
 
     add_search_parser(sub)
     add_notebook_parser(sub)

@@ -142,13 +142,24 @@ def removal_ppl(model, removed, wins, dtype: str) -> float:
         return perplexity.primary(smaller, wins, dtype=perplexity.get_dtype(dtype)).ppl
 
 
-def removal_latency(session: Session, removed, new_tokens: int = 16) -> dict:
-    """Parameters and float32 latency of the model with ``removed`` blocks physically gone."""
+LATENCY_REPEATS = 7  # interleaved rounds: enough for the spread (IQR) to fall below a few blocks' effect
+
+
+def removal_latency(session: Session, sets: dict[str, list[int]], repeats: int = LATENCY_REPEATS) -> dict[str, dict]:
+    """Parameters and float32 latency (median and IQR of ``repeats`` interleaved rounds, ``models.compare_latency``)
+    of the model with each set of blocks physically gone, all timed together so a busy machine slows them alike."""
     session.restore()
-    with models.BlocksRemoved(session.model, removed) as smaller:
-        timing = models.latency(smaller, session.tokens("test").ids[:32], new_tokens=new_tokens, repeats=1)
-        return {"blocks": len(models.blocks(smaller)), "parameters": sum(p.numel() for p in smaller.parameters()),
-                "ms_per_token": timing["ms_per_token"], "ms_per_forward": timing["ms_per_forward"]}
+    timed = models.compare_latency(session.model, sets, session.tokens("test").ids[:32], new_tokens=16,
+                                   repeats=repeats)
+    out = {}
+    for name, removed in sets.items():
+        with models.BlocksRemoved(session.model, removed) as smaller:
+            parameters = sum(p.numel() for p in smaller.parameters())
+        t = timed[name]
+        out[name] = {"blocks": t["blocks"], "parameters": parameters, "ms_per_token": t["token"]["median_ms"],
+                     "ms_per_token_iqr": t["token"]["iqr_ms"], "ms_per_forward": t["forward"]["median_ms"],
+                     "ms_per_forward_iqr": t["forward"]["iqr_ms"], "latency_repeats": repeats}
+    return out
 
 
 def block_removals(session: Session, n_windows: int, dtype: str, pairs_up_to: int = 12,
@@ -170,10 +181,10 @@ def block_removals(session: Session, n_windows: int, dtype: str, pairs_up_to: in
 
     tables = {"single": rows([(b,) for b in range(n)], "remove one block"),
               "pairs": rows(list(combinations(range(n), 2)), "remove two blocks") if n <= pairs_up_to else None}
-    depths = [{"removed": [], "test_ppl": removal_ppl(fast, [], wins, dtype), **removal_latency(session, [])}]
-    for table in (t for t in tables.values() if t):
-        best = min(table, key=lambda r: r["test_ppl"])
-        depths.append({**best, **removal_latency(session, best["removed"])})
+    depths = [{"removed": [], "test_ppl": removal_ppl(fast, [], wins, dtype)}]
+    depths += [min(table, key=lambda r: r["test_ppl"]) for table in tables.values() if table]
+    timed = removal_latency(session, {str(d["removed"]): d["removed"] for d in depths})
+    depths = [{**d, **timed[str(d["removed"])]} for d in depths]
     return {"test_windows": len(wins), "dtype": dtype, "latency_dtype": REPORTED_DTYPE, "dense_blocks": n,
             "depths": depths, **tables}
 
@@ -378,8 +389,10 @@ def removal_run(session: Session, k: int, out, population: int, generations: int
                            generations, seed)
     wall = time.perf_counter() - start
     wins = perplexity.windows(session.tokens("test").ids, max_windows=test_windows)
+    timed = removal_latency(session, {"dense": [], "removed": found["removed"]})
     test = {"removed": found["removed"], "test_ppl": removal_ppl(fast, found["removed"], wins, dtype),
-            "test_windows": len(wins), "dtype": dtype, **removal_latency(session, found["removed"])}
+            "test_windows": len(wins), "dtype": dtype, **timed["removed"],
+            "dense_ms_per_token": timed["dense"]["ms_per_token"], "dense_ms_per_forward": timed["dense"]["ms_per_forward"]}
     result = {**found, "settings": settings, "wall_s": wall, "forward_tokens": found["evaluations"] * fit.numel(),
               "test": test}
     write_json(path, result)
@@ -430,3 +443,32 @@ def methods_with_search(session: Session, paths: ReportPaths, targets: list[floa
                   {"rows": rows, "removal_ga": removal_ga, "exports": exports}, seed=seed, targets=targets,
                   criteria=criteria, budget=budget, removal=removal, test_windows=n_windows, dtype=dtype,
                   dtype_decision=hardware.dtype_decision())
+
+
+# --- 03: downstream accuracy ---------------------------------------------------------------------------------
+
+def downstream_study(session: Session, paths: ReportPaths, tasks: list[str], limit: int | None, target: float,
+                     ga: dict, methods: dict, test_windows: int | None) -> list[dict]:
+    """Accuracy on lm-evaluation-harness ``tasks`` (offline: the local ``wikitext_lastword``) of the dense model,
+    uniform pruning and the GA at ``target``, magnitude (03's main searches) and Wanda (the methods sweep), beside
+    their float32 test perplexity on ``test_windows``; ``downstream.json``. No tasks: nothing is run."""
+    if not tasks:
+        return []
+    from evoprune.downstream import accuracy_rows
+    ga_genomes = {f"GA {r['run']}": r["genome"] for r in ga["rows"]
+                  if r["target"] == target and r["criterion"] == "magnitude" and r["strategy"] != "published"}
+    wanda_ga = {f"GA {r['criterion']}": r["genome"] for r in methods["rows"]
+                if r["target"] == target and r["criterion"] == "wanda"}
+    plan = {"magnitude": {"dense": 0.0, "uniform": target, **ga_genomes}, "wanda": {"uniform": target, **wanda_ga}}
+    rows = []
+    for criterion, genomes in plan.items():
+        pruner = session.pruner(criterion)
+        for row in accuracy_rows(pruner.model, session.tokenizer, pruner, genomes, tasks, limit, data=session.data):
+            ppl = session.reported(row["genome"], criterion, test_windows)
+            rows.append({"criterion": criterion, **{k: v for k, v in row.items() if k != "genome"},
+                         "test_ppl": ppl["test_ppl"], "test_windows": ppl["test_windows"]})
+    session.restore()
+    write_table(rows, paths.table("downstream"))
+    record(paths, "downstream", "03_ga_search", session, {"rows": rows, "target": target}, tasks=tasks,
+           limit=limit, test_windows=test_windows, reported_dtype=REPORTED_DTYPE)
+    return rows

@@ -136,29 +136,31 @@ def head_nll(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, dtyp
 
 
 @torch.inference_mode()
-def token_nll(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Negative log-likelihood of every next token: shape (B, L-1), float32."""
+def token_nll(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype = torch.float32,
+              hidden=final_hidden) -> torch.Tensor:
+    """Negative log-likelihood of every next token: shape (B, L-1), float32. ``hidden``: how the final hidden
+    states are formed (``final_hidden``, or ``prefix.PrefixScorer.final_hidden``, which reuses kept blocks)."""
     targets = batch[:, 1:].reshape(-1).to(model.device)
-    return head_nll(model, final_hidden(model, batch, dtype), targets, dtype).view(len(batch), -1).cpu()
+    return head_nll(model, hidden(model, batch, dtype), targets, dtype).view(len(batch), -1).cpu()
 
 
 def window_nll(model: nn.Module, wins: torch.Tensor, batch_size: int = 4, dtype: torch.dtype = torch.float32,
-               progress: bool = False) -> torch.Tensor:
+               progress: bool = False, hidden=final_hidden) -> torch.Tensor:
     """Per-window NLL of every predicted position: shape (n, L-1)."""
     out = []
     for start in tqdm(range(0, len(wins), batch_size), desc="windows", unit="batch", disable=not progress,
                       leave=False):
-        out.append(token_nll(model, wins[start: start + batch_size], dtype))
+        out.append(token_nll(model, wins[start: start + batch_size], dtype, hidden))
     return torch.cat(out)
 
 
-def primary(model, wins, batch_size=4, dtype=torch.float32, progress=False) -> Perplexity:
-    nll = window_nll(model, wins, batch_size, dtype, progress).double()
+def primary(model, wins, batch_size=4, dtype=torch.float32, progress=False, hidden=final_hidden) -> Perplexity:
+    nll = window_nll(model, wins, batch_size, dtype, progress, hidden).double()
     return Perplexity(exp_or_inf(nll.sum().item() / nll.numel()), len(wins), nll.numel(), "primary")
 
 
-def study(model, wins, batch_size=4, dtype=torch.float32, progress=False) -> Perplexity:
-    nll = window_nll(model, wins, batch_size, dtype, progress).double()
+def study(model, wins, batch_size=4, dtype=torch.float32, progress=False, hidden=final_hidden) -> Perplexity:
+    nll = window_nll(model, wins, batch_size, dtype, progress, hidden).double()
     return Perplexity(exp_or_inf(nll.mean(dim=1).mean().item()), len(wins), nll.numel(), "study")
 
 

@@ -103,7 +103,7 @@ def write_text(path: str | Path, text: str) -> Path:
     """Write text atomically: a reader sees the old file or the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: worker processes may write at once
     tmp.write_text(text)
     os.replace(tmp, path)
     return path

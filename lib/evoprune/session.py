@@ -17,6 +17,7 @@ import torch
 
 from evoprune import EvopruneError, models, perplexity
 from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
+from evoprune.prefix import PrefixScorer, scoring_order
 from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion, outlier_ratios
 from evoprune.results import REPORTED_DTYPE, MeasurementLog, resolve_data
 from evoprune.search import GENES, STUDY_STRIDE, Settings
@@ -148,24 +149,25 @@ class Session:
 
     # --- the search objective ---
 
-    def objective(self, settings: Settings) -> "ModelObjective":
-        """Fitness of genomes for a search with these settings (``settings.dtype`` already resolved)."""
+    def objective(self, settings: Settings, reuse: bool = True) -> "ModelObjective":
+        """Fitness of genomes for a search with these settings (``settings.dtype`` already resolved); ``reuse``:
+        skip the blocks a genome prunes as a recently scored one did (the same numbers)."""
         pruner = self.pruner(settings.criterion, GENES[settings.genes], settings.dtype)
-        return ModelObjective(pruner, self.tokens(settings.fitness_split).ids, settings)
+        return ModelObjective(pruner, self.tokens(settings.fitness_split).ids, settings, reuse)
 
 
 # --- the model objective -------------------------------------------------------------------------------------
 
 @torch.inference_mode()
 def mean_kl(model: torch.nn.Module, wins: torch.Tensor, dense_hidden: torch.Tensor, batch_size: int,
-            dtype: torch.dtype) -> float:
+            dtype: torch.dtype, hidden=perplexity.final_hidden) -> float:
     """Mean over predicted tokens of KL(dense || model). The dense model's next-token distributions come from its
     final hidden states (``dense_hidden``, from ``final_hidden`` before pruning) through the same, never pruned,
     LM head, chunk by chunk: a few MB per window instead of a vocabulary-wide tensor."""
     total = 0.0
     for start in range(0, len(wins), batch_size):
-        hidden = perplexity.final_hidden(model, wins[start: start + batch_size], dtype)
-        chunks = zip(perplexity.chunk_logits(model, hidden, dtype),
+        pruned = hidden(model, wins[start: start + batch_size], dtype)
+        chunks = zip(perplexity.chunk_logits(model, pruned, dtype),
                      perplexity.chunk_logits(model, dense_hidden[start: start + batch_size], dtype))
         for (_, logits), (_, dense) in chunks:
             ref = dense.log_softmax(-1)
@@ -184,10 +186,14 @@ def fresh_windows(ids: torch.Tensor, seq_len: int, n: int, draw: tuple) -> torch
 class ModelObjective:
     """Fitness of a genome: prune the model (in the fitness dtype) in place, then score a sample of windows: the
     first ``n`` fitness windows, or a fresh sample (``search.fresh_sample``). Study-protocol perplexity for the
-    published GA, else primary perplexity or KL to the dense model on the same windows."""
+    published GA, else primary perplexity or KL to the dense model on the same windows. Blocks a genome prunes as
+    a recently scored one did are not run again (``prefix.PrefixScorer``: the same numbers, bit for bit), and a
+    batch of genomes (``map``) is scored in the order that shares the most blocks."""
 
-    def __init__(self, pruner: Pruner, ids: torch.Tensor, settings: Settings):
+    def __init__(self, pruner: Pruner, ids: torch.Tensor, settings: Settings, reuse: bool = True):
         self.pruner, self.model, self.ids, self.settings = pruner, pruner.model, ids, settings
+        self.hidden = PrefixScorer(pruner).final_hidden if reuse else perplexity.final_hidden
+        self.reuse = reuse
         self.study = settings.strategy == "published"
         self.dtype = perplexity.get_dtype(settings.dtype)
         if settings.fitness_windows is not None:
@@ -232,8 +238,14 @@ class ModelObjective:
     def __call__(self, genome: list, sample) -> float:
         wins, dense = self.sample(sample)
         self.pruner.apply(genome)
-        batch_size = self.settings.batch_size
+        batch_size, hidden = self.settings.batch_size, self.hidden
         if dense is not None:
-            return mean_kl(self.model, wins, dense, batch_size, self.dtype)
+            return mean_kl(self.model, wins, dense, batch_size, self.dtype, hidden)
         score = perplexity.study if self.study else perplexity.primary
-        return score(self.model, wins, batch_size, self.dtype).ppl
+        return score(self.model, wins, batch_size, self.dtype, hidden=hidden).ppl
+
+    def map(self, genomes: list, sample) -> list[float]:
+        values = {}
+        for i in scoring_order(self.pruner, genomes) if self.reuse else range(len(genomes)):
+            values[i] = self(genomes[i], sample)
+        return [values[i] for i in range(len(genomes))]

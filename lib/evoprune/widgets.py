@@ -19,6 +19,7 @@ import torch
 from matplotlib.figure import Figure
 
 from evoprune import perplexity
+from evoprune.hardware import resolve_dtype
 from evoprune.pruning import Pruner
 from evoprune.search import project
 from evoprune.results import ReportPaths, read_json, study_published, write_json
@@ -70,30 +71,34 @@ class PrunePanel:
     """Sliders over a pruner's genes, with live labels, chart and calibration perplexity.
 
     ``windows`` is a (n, seq_len) tensor of calibration token ids (keep it small: it is scored on every change).
-    The panel prunes ``model`` in place through ``pruner``; give it a model of its own.
+    The panel prunes ``model`` in place through ``pruner``; give it a model of its own. It opens at ``initial``: a
+    genome, the name of one of ``presets`` (e.g. ``"GA best (default)"``), or None for uniform at ``target``.
     """
 
     def __init__(self, model: torch.nn.Module, windows: torch.Tensor, pruner: Pruner | None = None,
                  presets: dict[str, list[float]] | None = None, target: float = 0.45, g_max: float = 0.9,
-                 debounce_s: float = 0.5, dtype: str = "bfloat16", batch_size: int = 4,
-                 export_path: str | Path = "genome.json", criterion: str = "magnitude"):
+                 debounce_s: float = 0.5, dtype: str = "auto", batch_size: int = 4,
+                 export_path: str | Path = "genome.json", criterion: str = "magnitude",
+                 initial: str | list[float] | None = None):
         self.model, self.windows = model, windows
         self.pruner = pruner or Pruner(model, criterion)
-        self.dtype, self.batch_size = perplexity.get_dtype(dtype), batch_size
+        self.dtype, self.batch_size = perplexity.get_dtype(resolve_dtype(dtype)), batch_size
         self.sizes = self.pruner.gene_sizes()
         self.params_ratio = sum(self.sizes) / sum(p.numel() for p in model.parameters())
         self.presets = presets if presets is not None else default_presets(self.pruner.n_genes, target)
         self.g_max = g_max
         self._quiet_depth = 0
         self._eval_lock = threading.Lock()
+        start = self._initial_genome(initial, target)
 
         self.sliders = [w.FloatSlider(value=g, min=0.0, max=g_max, step=0.001, readout_format=".3f",
                                       description=gene_label(i, self.pruner.genes_per_block), continuous_update=False)
-                        for i, g in enumerate(self.pruner.genome)]
+                        for i, g in enumerate(start)]
         self.target = w.FloatSlider(value=target, min=0.0, max=g_max, step=0.005, description="target",
                                     readout_format=".3f")
         self.rescale_button = w.Button(description="rescale to target", icon="compress")
-        self.preset_dropdown = w.Dropdown(options=[CUSTOM, *self.presets], value=CUSTOM, description="preset")
+        opened_at = next((name for name, genome in self.presets.items() if genome == start), CUSTOM)
+        self.preset_dropdown = w.Dropdown(options=[CUSTOM, *self.presets], value=opened_at, description="preset")
         self.export_path = w.Text(value=str(export_path), description="export to")
         self.export_button = w.Button(description="export genome", icon="download")
         self.sparsity_label = w.Label()
@@ -136,6 +141,17 @@ class PrunePanel:
         finally:
             self._quiet_depth -= 1
 
+    def _initial_genome(self, initial: str | list[float] | None, target: float) -> list[float]:
+        if initial is None:
+            return [target] * self.pruner.n_genes
+        if isinstance(initial, str):
+            if initial not in self.presets:
+                raise ValueError(f"no preset {initial!r}; presets: {', '.join(self.presets)}")
+            initial = self.presets[initial]
+        if len(initial) != self.pruner.n_genes:
+            raise ValueError(f"initial genome has {len(initial)} rates, the model has {self.pruner.n_genes} genes")
+        return [min(max(float(g), 0.0), self.g_max) for g in initial]
+
     def set_genome(self, genome: list[float]) -> None:
         if len(genome) != len(self.sliders):
             raise ValueError(f"genome has {len(genome)} rates, the panel has {len(self.sliders)} sliders")
@@ -171,7 +187,8 @@ class PrunePanel:
             except Exception as err:  # in a timer thread nobody sees the traceback: show it on the panel
                 self.status_label.value = f"perplexity failed: {err}"
                 raise
-            self.ppl_label.value = f"perplexity ({len(self.windows)} calibration windows): {ppl:.2f}"
+            n = len(self.windows)
+            self.ppl_label.value = f"perplexity ({n} calibration window{'' if n == 1 else 's'}): {ppl:.2f}"
             self.status_label.value = ""
 
     # --- widget callbacks ----------------------------------------------------------------------------------
@@ -210,7 +227,8 @@ class PrunePanel:
         ax = fig.add_subplot()
         bars = ax.bar(range(len(self.sliders)), [0.0] * len(self.sliders), color="tab:blue")
         line = ax.axhline(0.0, color="tab:red", ls=":", label="target")
-        ax.set(ylim=(0, self.g_max * 100), xlabel="gene", ylabel="pruning rate (%)")
+        xlabel = "block" if self.pruner.genes_per_block == 1 else "gene (attention, MLP of each block)"
+        ax.set(ylim=(0, self.g_max * 100), xlabel=xlabel, ylabel="pruning rate (%)")
         ax.legend(loc="upper left", fontsize=7)
         return fig, bars, line
 
@@ -219,21 +237,22 @@ class PrunePanel:
         grid = w.GridBox(self.sliders, layout=w.Layout(grid_template_columns="repeat(3, 1fr)"))
         controls = w.HBox([self.target, self.rescale_button, self.preset_dropdown])
         export = w.HBox([self.export_path, self.export_button])
-        return w.VBox([controls, grid, self.sparsity_label, w.HBox([self.ppl_label, self.status_label]),
-                       self.chart, export])
+        return w.VBox([controls, grid, self.sparsity_label, self.ppl_label, self.status_label, self.chart, export])
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
 
 
 def open_panel(model: str, data: str, paths: ReportPaths, target: float = 0.45, n_windows: int = 2,
-               seq_len: int = 256, dtype: str = "bfloat16", debounce_s: float = 0.5) -> PrunePanel:
+               seq_len: int = 256, dtype: str = "auto", debounce_s: float = 0.5,
+               initial: str | list[float] | None = None) -> PrunePanel:
     """A panel on a fresh copy of ``model``, scored on the first validation windows, with the presets of the
-    profile's reports and export to ``reports/<profile>/panel_genome.json``."""
-    from evoprune.data import load_tokens
-    from evoprune.models import load_model
-    loaded = load_model(model)
-    windows = perplexity.windows(load_tokens(loaded.tokenizer, data, "validation").ids, seq_len, n_windows)
-    pruner = Pruner(loaded.model)
-    return PrunePanel(loaded.model, windows, pruner, default_presets(pruner.n_genes, target, paths), target,
-                      debounce_s=debounce_s, dtype=dtype, export_path=paths.reports / "panel_genome.json")
+    profile's reports and export to ``reports/<profile>/panel_genome.json``. It opens uniform at ``target``, or
+    at ``initial``: a genome or a preset's name, e.g. ``"GA best (default)"``."""
+    from evoprune.session import Session
+    session, dtype = Session(model, data), resolve_dtype(dtype)
+    windows = perplexity.windows(session.tokens("validation").ids, seq_len, n_windows)
+    pruner = session.pruner("magnitude", 1, dtype)
+    return PrunePanel(pruner.model, windows, pruner, default_presets(pruner.n_genes, target, paths), target,
+                      debounce_s=debounce_s, dtype=dtype, export_path=paths.reports / "panel_genome.json",
+                      initial=initial)
