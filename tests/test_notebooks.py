@@ -67,7 +67,8 @@ def test_smoke_numbers_are_those_of_the_code_before_the_session_refactor(smoke):
 
     def numbers(obj, path=""):
         if isinstance(obj, dict):
-            return {k: v for key, value in obj.items() if key not in ("provenance", "wall_s", "dir", "protocol", "config")
+            return {k: v for key, value in obj.items() if key not in ("provenance", "wall_s", "dir", "protocol", "config",
+                                                                        "setting", "source")  # paths of this clone
                     and not key.startswith(("ms_", "dense_ms_", "latency_"))  # timings, now with their spread
                     for k, v in numbers(value, f"{path}/{renamed.get(key, key)}").items()}
         if isinstance(obj, list):

@@ -92,7 +92,7 @@ def cached_probe(probe: Callable[[], dict] = probe_matmul, path: Path | None = N
     here, path = fingerprint(), Path(path or probe_file())
     try:
         saved = json.loads(Path(path).read_text())
-        if saved.get("fingerprint") == here and saved["probe"].get("shape") == list(PROBE_SHAPE):
+        if saved.get("fingerprint") == here and saved["probe"].get("shape", list(PROBE_SHAPE)) == list(PROBE_SHAPE):
             return saved["probe"]
     except (OSError, ValueError, KeyError, AttributeError):  # none yet, or unreadable: probe again
         pass
