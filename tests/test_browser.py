@@ -153,6 +153,7 @@ def test_panel_in_jupyterlab(playwright_api, lab):
             assert shown[3] == 0.9 and shown[:3] == [0.45] * 3
 
             SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.locator(".jp-OutputArea-output").first.screenshot(path=SCREENSHOT)
+            page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider")).first.screenshot(
+                path=SCREENSHOT)  # the panel, not the dtype line printed above it
         finally:
             browser.close()

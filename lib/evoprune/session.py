@@ -33,6 +33,7 @@ class Session:
         self._pruners: dict[tuple, Pruner] = {}
         self._copies: dict[str, torch.nn.Module] = {}
         self._active: dict[int, tuple] = {}  # id(model) -> the pruner that last changed it
+        self._outliers: list[float] | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -59,7 +60,7 @@ class Session:
 
     def outlier_ratios(self) -> list[float]:
         """OWL's per-block outlier ratios of the dense model on the calibration windows, computed once."""
-        if not hasattr(self, "_outliers"):
+        if self._outliers is None:
             self.restore()
             self._outliers = outlier_ratios(self.model, self.calibration())
         return self._outliers
