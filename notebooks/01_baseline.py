@@ -26,6 +26,7 @@ profile = "smoke"
 model = "tiny-gpt2"
 data = None  # a directory (relative to the repository root), "wikitext2" (hub), or None for $EVOPRUNE_DATA_DIR
 test_windows = 1  # None: the whole test split (and the study protocol's 128 windows)
+study_windows = None  # study-protocol windows (None: as test_windows)
 sensitivity_rate = 0.5
 sensitivity_windows = 1
 dtype = "auto"  # of the sensitivity scan only (auto: bfloat16 where measured fast); reported numbers are float32
@@ -42,7 +43,8 @@ session = experiments.open_session(model, data, paths)
 # ## Dense perplexity, parameter counts and per-block sensitivity
 
 # %%
-baseline = experiments.baseline(session, paths, test_windows, sensitivity_rate, sensitivity_windows, dtype)
+baseline = experiments.baseline(session, paths, test_windows, sensitivity_rate, sensitivity_windows, dtype,
+                               study_windows)
 Markdown(results.markdown_table([baseline["parameter_counts"]]) + "\n" + results.markdown_table(baseline["dense_rows"]))
 
 # %%

@@ -23,8 +23,8 @@
 # checkpoint. Each best genome's test perplexity is measured under both protocols in float32 on `test_windows`
 # windows, as notebooks 01 and 02 measure, and on a second held-out text.
 #
-# Beyond the study: the elitist search at every target and criterion of 02's allocation sweep, all at one
-# smaller budget (`method_budget`), measured like the allocations (`dtype`, `method_windows` test windows); the
+# Beyond the study: a search at every target and criterion of 02's allocation sweep, all with one smaller budget
+# and strategy (`method_budget`), measured like the allocations (`method_dtype`, `method_windows` test windows); the
 # DEAP-style GA over sets of exactly `removal["k"]` removed blocks; and an export of the best Wanda genome and the
 # best removal set as Hugging Face directories, reloaded and re-scored.
 #
@@ -38,16 +38,19 @@ model = "tiny-gpt2"
 data = None  # a directory (relative to the repository root), "wikitext2" (hub), or None for $EVOPRUNE_DATA_DIR
 criterion = "magnitude"
 test_windows = 1  # None: the whole test split (and the study protocol's 128 windows)
+study_windows = None  # study-protocol windows (None: as test_windows)
 runs = {  # run name -> search settings (evoprune.search.Settings); published: penalty below target - tolerance
     "published": {"strategy": "published", "target": 0.5, "fitness_split": "validation", "population": 4,
                   "generations": 2, "fitness_windows": 1},
     "elitist": {"strategy": "elitist", "target": 0.45, "population": 4, "generations": 2, "fitness_windows": 1},
 }
 seed = 0
-dtype = "auto"  # of the searches' fitness and the methods measurements (auto: bfloat16 where measured fast)
+dtype = "auto"  # of the searches' fitness and the removal GA (auto: bfloat16 where measured fast)
+method_dtype = "float32"  # of the methods table's test numbers
 method_targets = [0.45, 0.5, 0.6, 0.7]
 method_criteria = ["magnitude", "wanda"]
 method_windows = 1
+removal_windows = 1
 method_budget = {"population": 4, "generations": 2, "fitness_windows": 1}
 removal = {"k": 2, "population": 4, "generations": 2, "fitness_windows": 1}
 export_windows = 1
@@ -64,7 +67,7 @@ paths = results.report_paths(profile)
 session = experiments.open_session(model, data, paths)
 
 # %%
-ga = experiments.ga_runs(session, paths, runs, criterion, seed, test_windows, dtype)
+ga = experiments.ga_runs(session, paths, runs, criterion, seed, test_windows, dtype, study_windows)
 Markdown(results.markdown_table(ga["rows"], ["run", "strategy", "block_sparsity", "fitness", "fitness_split", "test_ppl",
                                      "study_ppl", "evaluations", "forward_tokens", "wall_s"]))
 
@@ -82,7 +85,7 @@ Markdown(results.markdown_table(ga["generalization"]))
 
 # %%
 methods = experiments.methods_with_search(session, paths, method_targets, method_criteria, method_budget, removal,
-                                          method_windows, export_windows, seed, dtype)
+                                          method_windows, export_windows, seed, dtype, method_dtype, removal_windows)
 Markdown(results.markdown_table(report.pivot(methods["rows"])) + "\n" + results.markdown_table(methods["exports"]))
 
 # %% [markdown]

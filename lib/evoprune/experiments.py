@@ -2,9 +2,10 @@
 and its record (with provenance) under ``reports/<profile>/``, and returns what the notebook shows.
 
 Reported numbers are float32 on the test split: ``primary`` (non-overlapping 1024-token windows) and ``study``
-(the published GA's windows). ``test_windows`` caps the windows of both (None: the whole split for primary, the
-study's 128 windows for study). The methods comparison (allocations, block removal, the GA at every target) is
-measured in ``dtype`` on ``method_windows`` windows.
+(the published GA's windows). ``test_windows`` caps the windows of primary (None: the whole split) and
+``study_windows`` those of study (None: as ``test_windows``; the study's own 128 when both are None). The methods
+comparison (allocations and the GA at every target) is measured in ``method_dtype`` on ``method_windows`` windows;
+whole-block removal in ``dtype`` on ``removal_windows``.
 """
 from __future__ import annotations
 
@@ -49,9 +50,9 @@ def finish(paths: ReportPaths, notebook: str) -> None:
 # --- 01: dense baseline and per-block sensitivity ------------------------------------------------------------
 
 def baseline(session: Session, paths: ReportPaths, test_windows: int | None, sensitivity_rate: float,
-             sensitivity_windows: int, dtype: str) -> dict:
+             sensitivity_windows: int, dtype: str, study_windows: int | None = None) -> dict:
     """Dense test perplexity under both protocols, parameter counts and the sensitivity scan."""
-    dense = session.reported(0.0, windows=test_windows)
+    dense = session.reported(0.0, windows=test_windows, study_windows=study_windows)
     counts = models.parameter_counts(session.model)
     dense_rows = [{"protocol": "primary", "windows": dense["test_windows"], "ppl": dense["test_ppl"]},
                   {"protocol": "study", "windows": dense["study_windows"], "ppl": dense["study_ppl"]}]
@@ -63,7 +64,7 @@ def baseline(session: Session, paths: ReportPaths, test_windows: int | None, sen
     return record(paths, "baseline", "01_baseline", session, {
         "model": session.name, "weights_hash": session.loaded.weights_hash, "parameter_counts": counts,
         "dense": dense, "dense_rows": dense_rows, "sensitivity": sensitivity, "data": session.data_provenance()},
-        test_windows=test_windows, sensitivity_rate=sensitivity_rate, sensitivity_windows=sensitivity_windows,
+        test_windows=test_windows, study_windows=study_windows, sensitivity_rate=sensitivity_rate, sensitivity_windows=sensitivity_windows,
         sensitivity_dtype=dtype, dtype_decision=hardware.dtype_decision(), reported_dtype=REPORTED_DTYPE)
 
 
@@ -95,18 +96,20 @@ def sweep_points(max_sparsity: float, step: float) -> list[float]:
 
 
 def uniform_sweep(session: Session, paths: ReportPaths, criterion: str, test_windows: int | None,
-                  sweep_max: float, sweep_step: float, progress: bool = True) -> list[dict]:
+                  sweep_max: float, sweep_step: float, study_windows: int | None = None,
+                  progress: bool = True) -> list[dict]:
     """Every block pruned to the same rate, 0 to ``sweep_max``: test perplexity under both protocols."""
     from tqdm.auto import tqdm
     sparsities = sweep_points(sweep_max, sweep_step)
     rows = []
     for s in tqdm(sparsities, desc="uniform sweep", disable=not progress):
-        result = session.reported(s, criterion, test_windows)
+        result = session.reported(s, criterion, test_windows, study_windows=study_windows)
         rows.append({"sparsity": s, "criterion": criterion, **{k: v for k, v in result.items() if k != "genome"}})
     session.restore()
     write_table(rows, paths.table("uniform_sweep"))
     record(paths, "uniform_sweep", "02_uniform_sweep", session, {"rows": rows}, criterion=criterion,
-           test_windows=test_windows, sparsities=sparsities, reported_dtype=REPORTED_DTYPE)
+           test_windows=test_windows, study_windows=study_windows, sparsities=sparsities,
+           reported_dtype=REPORTED_DTYPE)
     return rows
 
 
@@ -190,18 +193,28 @@ def block_removals(session: Session, n_windows: int, dtype: str, pairs_up_to: in
 
 
 def methods_without_search(session: Session, paths: ReportPaths, targets: list[float], criteria: list[str],
-                           n_windows: int, dtype: str) -> dict:
-    """02's second part: the allocations per criterion and target (sensitivity from 01's record) and whole
-    blocks removed; tables and ``allocations.json``."""
-    dtype = hardware.resolve_dtype(dtype)
-    sensitivity = [row["ppl"] for row in read_record(paths, "baseline", "01_baseline")["sensitivity"]]
-    rows = allocation_sweep(session, targets, criteria, sensitivity, n_windows, dtype)
-    removals = block_removals(session, n_windows, dtype)
+                           n_windows: int, dtype: str, method_dtype: str = REPORTED_DTYPE,
+                           removal_windows: int | None = None) -> dict:
+    """02's second part: the allocations per criterion and target (sensitivity from 01's record), measured in
+    ``method_dtype`` on ``n_windows``, and whole blocks removed, in ``dtype`` on ``removal_windows`` (default
+    ``n_windows``); tables and ``allocations.json``."""
+    dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
+    rows = allocation_sweep(session, targets, criteria, sensitivity_ppl(paths), n_windows, method_dtype)
+    session.restore()
+    dense = session.measure(session.pruner("magnitude", 1, method_dtype), "primary", n_windows, method_dtype)
+    removals = block_removals(session, removal_windows or n_windows, dtype)
     write_table(rows, paths.table("allocations"))
     write_table(removals["single"] + (removals["pairs"] or []), paths.table("block_removal"))
-    return record(paths, "allocations", "02_uniform_sweep", session, {"rows": rows, "block_removal": removals},
-                  targets=targets, criteria=criteria, test_windows=n_windows, dtype=dtype,
+    return record(paths, "allocations", "02_uniform_sweep", session,
+                  {"rows": rows, "dense_ppl": dense.ppl, "block_removal": removals},
+                  targets=targets, criteria=criteria, test_windows=n_windows, dtype=method_dtype,
+                  removal_dtype=dtype, removal_windows=removals["test_windows"],
                   dtype_decision=hardware.dtype_decision())
+
+
+def sensitivity_ppl(paths: ReportPaths) -> list[float]:
+    """01's sensitivity scan: validation perplexity with each block alone pruned."""
+    return [row["ppl"] for row in read_record(paths, "baseline", "01_baseline")["sensitivity"]]
 
 
 # --- 03: searches -------------------------------------------------------------------------------------------
@@ -216,7 +229,7 @@ def search_settings(session: Session, run: dict, **shared) -> Settings:
 def measure_test(session: Session, genome, settings: Settings) -> dict:
     """Reported numbers for one genome: test split, both protocols, in ``settings.test_dtype``."""
     return session.reported(genome, settings.criterion, settings.test_windows, settings.batch_size,
-                            settings.test_dtype, settings.seq_len)
+                            settings.test_dtype, settings.study_windows)
 
 
 def protocol_record(test: dict, protocol: str, dtype: str) -> dict:
@@ -311,34 +324,67 @@ def ga_row(result: dict, run: str) -> dict:
             "uniform_at_target": {k: result["uniform"][k] for k in ("fitness", "test_ppl", "study_ppl")}}
 
 
-def generalization(session: Session, result: dict, run: str, n_windows: int | None = None) -> dict:
-    """A search's best genome against uniform at the same sparsity on a second text that no fitness ever saw
-    (standard-library docstrings, ``data.PYTHON_DOCS``), float32, primary protocol."""
+def generalization(session: Session, result: dict, run: str, n_windows: int | None = None,
+                   rules: dict[str, list] | None = None) -> dict:
+    """A search's best genome against uniform at the same sparsity, and against ``rules`` (the allocations that
+    need no search at its target), on a second text that no fitness ever saw (standard-library docstrings,
+    ``data.PYTHON_DOCS``), float32, primary protocol."""
     criterion = result["criterion"]
-    measured = {name: session.measure(session.apply(genome, criterion), "primary", n_windows, split=PYTHON_DOCS)
-                for name, genome in (("ga", result["genome"]), ("uniform", result["uniform"]["genome"]))}
+    genomes = {"ga": result["genome"], "uniform": result["uniform"]["genome"], **(rules or {})}
+    ppl = {name: session.measure(session.apply(genome, criterion), "primary", n_windows, split=PYTHON_DOCS)
+           for name, genome in genomes.items()}
     session.restore()
-    return {"run": run, "text": PYTHON_DOCS, "n_windows": measured["ga"].n_windows, "ga_ppl": measured["ga"].ppl,
-            "uniform_ppl": measured["uniform"].ppl, "ga_over_uniform": measured["ga"].ppl / measured["uniform"].ppl}
+    row = {"run": run, "text": PYTHON_DOCS, "n_windows": ppl["ga"].n_windows}
+    for name in genomes:
+        row[f"{name}_ppl"] = ppl[name].ppl
+    for name in genomes:
+        if name != "ga":
+            row[f"ga_over_{name}"] = ppl["ga"].ppl / ppl[name].ppl
+    return row
+
+
+def rule_rows(session: Session, criterion: str, target: float, rules: dict[str, list],
+              test_windows: int | None) -> list[dict]:
+    """Uniform and the allocations that need no search at a search's target, measured as its best genome is
+    (float32, primary protocol, ``test_windows`` test windows): the headline's "best rule" to beat."""
+    rows = []
+    for method, genome in {"uniform": [target] * session.n_blocks, **rules}.items():
+        measured = session.measure(session.apply(genome, criterion), "primary", test_windows)
+        rows.append({"criterion": criterion, "target": target, "method": method, "test_ppl": measured.ppl,
+                     "test_windows": measured.n_windows, "genome": genome})
+    session.restore()
+    return rows
 
 
 def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criterion: str, seed: int,
-            test_windows: int | None, dtype: str) -> dict:
+            test_windows: int | None, dtype: str, study_windows: int | None = None) -> dict:
     """03's main searches, one per entry of ``runs`` (``Settings`` keywords), each in ``search/<run>/``; their
-    rows, the second held-out text, best genomes and convergence go to ``ga.json`` and tables."""
-    shared = {"criterion": criterion, "seed": seed, "test_windows": test_windows, "dtype": dtype}
-    sensitivity = [row["ppl"] for row in read_record(paths, "baseline", "01_baseline")["sensitivity"]]
-    results = {name: run_search(session, search_settings(session, run, **shared), paths.search(name),
-                                sensitivity=sensitivity) for name, run in runs.items()}
+    rows, the rules at each exact target (OWL, sensitivity ranking), the second held-out text, best genomes and
+    convergence go to ``ga.json`` and tables."""
+    shared = {"criterion": criterion, "seed": seed, "test_windows": test_windows, "study_windows": study_windows,
+              "dtype": dtype}
+    sensitivity = sensitivity_ppl(paths)
+    settings = {name: search_settings(session, run, **shared) for name, run in runs.items()}
+    results = {name: run_search(session, s, paths.search(name), sensitivity=sensitivity)
+               for name, s in settings.items()}
     rows = [ga_row(result, name) for name, result in results.items()]
-    held_out = [generalization(session, result, name, test_windows) for name, result in results.items()]
+    rules, rule_table = {}, []
+    for s in settings.values():
+        if s.strategy != "published" and s.genes == "block" and (s.criterion, s.target) not in rules:
+            rules[s.criterion, s.target] = rule_allocations(session, s, sensitivity)
+            rule_table += rule_rows(session, s.criterion, s.target, rules[s.criterion, s.target], test_windows)
+    held_out = [generalization(session, result, name, test_windows,
+                               rules.get((settings[name].criterion, settings[name].target)))
+                for name, result in results.items()]
     histories = {name: read_csv(paths.search(name) / "history.csv") for name in results}
     write_table(held_out, paths.table("generalization"))
     write_table(genome_table(rows), paths.table("ga_genomes"))
     write_table([{"run": name, **row} for name, rows in histories.items() for row in rows], paths.table("convergence"))
-    return record(paths, "ga", "03_ga_search", session, {"rows": rows, "generalization": held_out},
+    write_table(rule_table, paths.table("rules_at_target"))
+    return record(paths, "ga", "03_ga_search", session, {"rows": rows, "rules": rule_table,
+                                                         "generalization": held_out},
                   criterion=criterion, seed=seed, runs=runs, search_dtype=hardware.resolve_dtype(dtype),
-                  test_windows=test_windows)
+                  test_windows=test_windows, study_windows=study_windows)
 
 
 def genome_table(rows: list[dict]) -> list[dict]:
@@ -347,20 +393,23 @@ def genome_table(rows: list[dict]) -> list[dict]:
 
 
 def ga_sweep(session: Session, paths: ReportPaths, targets: list[float], criteria: list[str], budget: dict,
-             test_windows: int, seed: int, dtype: str) -> list[dict]:
-    """An elitist search per criterion and target, all at one ``budget``, measured like the allocations (test
-    numbers in ``dtype`` on ``test_windows``). Each run lives in ``search/methods/<criterion>-<target%>``."""
-    dtype = hardware.resolve_dtype(dtype)
+             test_windows: int, seed: int, dtype: str, method_dtype: str = REPORTED_DTYPE) -> list[dict]:
+    """A search per criterion and target (``budget``: its settings, the elitist strategy unless it names
+    another), all at one budget, fitness in ``dtype``, measured like the allocations (test numbers in
+    ``method_dtype`` on ``test_windows``). Each run lives in ``search/methods/<criterion>-<target%>``."""
+    dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
+    sensitivity = sensitivity_ppl(paths)
     rows = []
     for criterion in criteria:
         for target in targets:
             settings = search_settings(session, budget, criterion=criterion, target=target, seed=seed,
-                                       test_windows=test_windows, test_dtype=dtype, dtype=dtype)
-            result = run_search(session, settings, paths.search("methods") / f"{criterion}-{round(target * 100)}")
+                                       test_windows=test_windows, test_dtype=method_dtype, dtype=dtype)
+            result = run_search(session, settings, paths.search("methods") / f"{criterion}-{round(target * 100)}",
+                                sensitivity=sensitivity)
             rows.append({"criterion": criterion, "method": "GA", "target": target,
                          "block_sparsity": result["block_sparsity"], "test_ppl": result["test_ppl"],
                          "test_windows": result["provenance"]["protocols"]["test_ppl"]["n_windows"],
-                         "dtype": dtype, "genome": result["genome"], "fitness": result["fitness"],
+                         "dtype": method_dtype, "genome": result["genome"], "fitness": result["fitness"],
                          "uniform_fitness": result["uniform"]["fitness"], "evaluations": result["evaluations"],
                          "forward_tokens": result["forward_tokens"], "wall_s": result["wall_s"]})
     return rows
@@ -427,13 +476,14 @@ def export_dir(profile: str, name: str):
 
 def methods_with_search(session: Session, paths: ReportPaths, targets: list[float], criteria: list[str],
                         budget: dict, removal: dict, n_windows: int, export_windows: int, seed: int,
-                        dtype: str) -> dict:
-    """03's second part: the GA at every target and criterion, the removal GA, and the export round trips of the
-    best Wanda genome and the best removal set; ``methods_ga.json``."""
-    dtype = hardware.resolve_dtype(dtype)
-    rows = ga_sweep(session, paths, targets, criteria, budget, n_windows, seed, dtype)
-    removal_ga = removal_run(session, out=paths.search("removal"), test_windows=n_windows, seed=seed, dtype=dtype,
-                             **removal)
+                        dtype: str, method_dtype: str = REPORTED_DTYPE, removal_windows: int | None = None) -> dict:
+    """03's second part: the GA at every target and criterion (test numbers in ``method_dtype`` on
+    ``n_windows``), the removal GA (in ``dtype`` on ``removal_windows``, as 02's block removal), and the export
+    round trips of the best Wanda genome and the best removal set; ``methods_ga.json``."""
+    dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
+    rows = ga_sweep(session, paths, targets, criteria, budget, n_windows, seed, dtype, method_dtype)
+    removal_ga = removal_run(session, out=paths.search("removal"), test_windows=removal_windows or n_windows,
+                             seed=seed, dtype=dtype, **removal)
     best_wanda = min((r for r in rows if r["criterion"] == "wanda"), key=lambda r: r["target"])
     exports = [export_check(session, export_dir(paths.profile, "ga-wanda"), genome=best_wanda["genome"],
                             criterion="wanda", n_windows=export_windows),
@@ -441,8 +491,8 @@ def methods_with_search(session: Session, paths: ReportPaths, targets: list[floa
                             n_windows=export_windows)]
     return record(paths, "methods_ga", "03_ga_search", session,
                   {"rows": rows, "removal_ga": removal_ga, "exports": exports}, seed=seed, targets=targets,
-                  criteria=criteria, budget=budget, removal=removal, test_windows=n_windows, dtype=dtype,
-                  dtype_decision=hardware.dtype_decision())
+                  criteria=criteria, budget=budget, removal=removal, test_windows=n_windows, dtype=method_dtype,
+                  fitness_dtype=dtype, dtype_decision=hardware.dtype_decision())
 
 
 # --- 03: downstream accuracy ---------------------------------------------------------------------------------
@@ -464,9 +514,9 @@ def downstream_study(session: Session, paths: ReportPaths, tasks: list[str], lim
     for criterion, genomes in plan.items():
         pruner = session.pruner(criterion)
         for row in accuracy_rows(pruner.model, session.tokenizer, pruner, genomes, tasks, limit, data=session.data):
-            ppl = session.reported(row["genome"], criterion, test_windows)
+            ppl = session.measure(session.apply(row["genome"], criterion), "primary", test_windows)
             rows.append({"criterion": criterion, **{k: v for k, v in row.items() if k != "genome"},
-                         "test_ppl": ppl["test_ppl"], "test_windows": ppl["test_windows"]})
+                         "test_ppl": ppl.ppl, "test_windows": ppl.n_windows})
     session.restore()
     write_table(rows, paths.table("downstream"))
     record(paths, "downstream", "03_ga_search", session, {"rows": rows, "target": target}, tasks=tasks,

@@ -79,16 +79,20 @@ def methods_summary(allocations: dict, methods_ga: dict) -> dict:
     exports, all on the same windows and dtype (checked)."""
     removal = allocations["block_removal"]
     rows = [{k: v for k, v in r.items() if k != "genome"} for r in allocations["rows"] + methods_ga["rows"]]
-    seen = {(r["test_windows"], r["dtype"]) for r in rows} | {(removal["test_windows"], removal["dtype"])}
+    seen = {(r["test_windows"], r["dtype"]) for r in rows}
     if len(seen) != 1:
         raise EvopruneError(f"02 and 03 measured the methods on different windows or dtypes {sorted(seen)}: re-run "
-                            f"them with the same method_windows.")
+                            f"them with the same method_windows and method_dtype.")
     windows, dtype = seen.pop()
+    # records from before the allocations kept their own dense measurement shared windows and dtype with removal
+    dense_ppl = allocations.get("dense_ppl", removal["depths"][0]["test_ppl"])
     n = removal["dense_blocks"]
     removal_ga = methods_ga["removal_ga"]
     removed = [{"removed": r["removed"], "share": len(r["removed"]) / n, "test_ppl": r["test_ppl"]}
                for r in removal["depths"][1:] + [removal_ga["test"]]]
-    return {"test_windows": windows, "dtype": dtype, "dense_ppl": removal["depths"][0]["test_ppl"], "rows": rows,
+    return {"test_windows": windows, "dtype": dtype, "dense_ppl": dense_ppl, "rows": rows,
+            "removal_windows": removal["test_windows"], "removal_dtype": removal["dtype"],
+            "removal_dense_ppl": removal["depths"][0]["test_ppl"],
             "genomes": {f"{r['criterion']}-{r['target']:.0%}": r["genome"] for r in methods_ga["rows"]},
             "removal_depths": removal["depths"], "removal_points": removed,
             "removal_ga": {k: v for k, v in removal_ga.items() if k != "history"},

@@ -84,11 +84,12 @@ class Settings:
     fitness_windows: int | None = option("fitness windows", ("published", "elitist"), published=128,
                                          elitist=16)
     test_windows: int | None = option("windows of the reported test numbers (default: all)")
+    study_windows: int | None = option("windows of the reported study-protocol numbers (default: --test-windows)")
     dtype: str = option("dtype of fitness: auto (bfloat16 where measured fast), float32 or bfloat16",
                         default="auto")
     test_dtype: str = option("dtype of the reported test numbers", default="float32")
     genes: str = option("block (one rate per block) or group (attention and MLP rates per block)", default="block")
-    seq_len: int = option("tokens per window", default=1024)
+    seq_len: int = option("tokens per fitness window (reported test numbers always use 1024)", default=1024)
     batch_size: int = option("windows per forward", default=4)
     tolerance: float | None = option("penalty below target - tolerance", ("published",), published=0.05)
     offspring: int | None = option("children per generation (elitist default: population)", OWN, race=16)
@@ -161,7 +162,7 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise EvopruneError(f"unknown {flag(name)} {value!r}: use one of {', '.join(allowed)}.")
-        for name in ("fitness_windows", "test_windows", "batch_size", "offspring", "max_moves", "low_windows",
+        for name in ("fitness_windows", "test_windows", "study_windows", "batch_size", "offspring", "max_moves", "low_windows",
                      "promote", "tournament", "stages", "budget_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EvopruneError(f"{flag(name)} must be at least 1.")

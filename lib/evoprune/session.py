@@ -135,11 +135,13 @@ class Session:
         return perplexity.Perplexity(**value)
 
     def reported(self, genome, criterion: str = "magnitude", windows: int | None = None, batch_size: int = 4,
-                 dtype: str = REPORTED_DTYPE, seq_len: int = 1024) -> dict:
-        """Test perplexity of the model pruned to ``genome`` under both protocols (float32 unless asked)."""
+                 dtype: str = REPORTED_DTYPE, study_windows: int | None = None) -> dict:
+        """Test perplexity of the model pruned to ``genome`` under both protocols (float32 unless asked), on
+        ``windows`` primary windows and ``study_windows`` (default: ``windows``) study-protocol windows."""
         pruner = self.apply(genome, criterion, dtype)
-        primary, study = (self.measure(pruner, protocol, windows, dtype, seq_len=seq_len, batch_size=batch_size)
-                          for protocol in ("primary", "study"))
+        primary = self.measure(pruner, "primary", windows, dtype, batch_size=batch_size)
+        study = self.measure(pruner, "study", windows if study_windows is None else study_windows, dtype,
+                             batch_size=batch_size)
         return {"genome": pruner.genome, "block_sparsity": pruner.block_sparsity(),
                 "model_sparsity": pruner.model_sparsity(), "test_ppl": primary.ppl, "test_windows": primary.n_windows,
                 "study_ppl": study.ppl, "study_windows": study.n_windows}
