@@ -343,6 +343,23 @@ def generalization(session: Session, result: dict, run: str, n_windows: int | No
     return row
 
 
+VALIDATION_WINDOWS = 16  # the fixed validation windows on which a search's gain is compared with its test gain
+
+
+def overfitting(session: Session, result: dict, run: str, n_windows: int = VALIDATION_WINDOWS) -> dict:
+    """A search's gain over uniform at the same sparsity on the split its fitness came from (the first
+    ``n_windows`` validation windows, float32, primary protocol) beside its gain on test: a ratio of the two
+    well below 1 means the search learnt its fitness data rather than the model."""
+    criterion = result["criterion"]
+    val = {name: session.measure(session.apply(genome, criterion), "primary", n_windows, split=result["fitness_split"])
+           for name, genome in (("ga", result["genome"]), ("uniform", result["uniform"]["genome"]))}
+    session.restore()
+    val_ratio, test_ratio = val["ga"].ppl / val["uniform"].ppl, result["test_ppl"] / result["uniform"]["test_ppl"]
+    return {"run": run, "split": result["fitness_split"], "windows": val["ga"].n_windows,
+            "ga_ppl": val["ga"].ppl, "uniform_ppl": val["uniform"].ppl, "fitness_split_ratio": val_ratio,
+            "test_ratio": test_ratio, "fitness_split_over_test": val_ratio / test_ratio}
+
+
 def rule_rows(session: Session, criterion: str, target: float, rules: dict[str, list],
               test_windows: int | None) -> list[dict]:
     """Uniform and the allocations that need no search at a search's target, measured as its best genome is
@@ -376,13 +393,15 @@ def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criteri
     held_out = [generalization(session, result, name, test_windows,
                                rules.get((settings[name].criterion, settings[name].target)))
                 for name, result in results.items()]
+    overfit = [overfitting(session, result, name) for name, result in results.items()]
     histories = {name: read_csv(paths.search(name) / "history.csv") for name in results}
     write_table(held_out, paths.table("generalization"))
     write_table(genome_table(rows), paths.table("ga_genomes"))
     write_table([{"run": name, **row} for name, rows in histories.items() for row in rows], paths.table("convergence"))
     write_table(rule_table, paths.table("rules_at_target"))
+    write_table(overfit, paths.table("overfitting"))
     return record(paths, "ga", "03_ga_search", session, {"rows": rows, "rules": rule_table,
-                                                         "generalization": held_out},
+                                                         "generalization": held_out, "overfitting": overfit},
                   criterion=criterion, seed=seed, runs=runs, search_dtype=hardware.resolve_dtype(dtype),
                   test_windows=test_windows, study_windows=study_windows)
 
