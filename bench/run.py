@@ -23,7 +23,7 @@ from evoprune import hardware, perplexity
 from evoprune.models import timings
 from evoprune.results import ROOT, provenance, read_json, read_record, write_json
 from evoprune.search import Settings, optimize
-from evoprune.session import Session
+from evoprune.session import Session, fresh_windows
 
 SEQ_LEN, N_WINDOWS = 1024, 4
 OFFLINE = ROOT / "reports" / "offline"
@@ -105,30 +105,37 @@ def prefix_reuse_figures(session: Session, chosen: str) -> dict:
             "prefix_same_result": same, "prefix_search": RACE}
 
 
-def tokens_to_reach(checkpoint: dict, threshold: float) -> int | None:
-    """Forward tokens an elitist search had spent when one of its full-fidelity evaluations first scored at most
-    ``threshold``. The checkpoint's fitness cache lists every evaluation in the order it was made."""
+def race_parents(checkpoint: dict):
+    """Per generation of a race search: (its final stage's fresh sample, the parent's fitness on it after that
+    generation, forward tokens spent by then). The checkpoint's fitness cache holds every (genome, sample)
+    scored; the parent after a generation is the best genome scored on that generation's last sample."""
+    config, last = checkpoint["config"], checkpoint["config"]["stages"] - 1
+    by_sample: dict = {}
+    for _, sample, value in checkpoint["cache"]:
+        draw, n = tuple(sample[0]), sample[1]
+        if draw[2] == last:
+            by_sample.setdefault((draw, n), []).append(value)
+    for entry in checkpoint["history"]:
+        key = next(k for k in by_sample if k[0] == (config["seed"], entry["generation"], last))
+        yield key, min(by_sample[key]), entry["forward_tokens"]
+
+
+def search_cost_figures(session: Session, published_run: str = "published", race_run: str = "race-s0") -> dict:
+    """From the committed offline run: the forward tokens its race search needed before its parent scored at most
+    what the published GA's final genome scores on the same fresh sample (a paired comparison, the race's own
+    rule), over the tokens the published GA spent."""
+    published = read_record(OFFLINE / "search" / published_run / "result.json")
+    checkpoint = read_json(OFFLINE / "search" / race_run / "checkpoint.json")
     config = checkpoint["config"]
-    spent = 0
-    for _, n_windows, value in checkpoint["cache"]:
-        spent += n_windows * config["seq_len"]
-        if n_windows == config["fitness_windows"] and value <= threshold:
-            return spent
-    return None
-
-
-def search_cost_figures(session: Session) -> dict:
-    """From the committed offline run: the tokens its elitist search (run `default`) needed to reach the fitness
-    its published search (run `seed`) ended with, on the elitist search's fitness windows."""
-    published, elitist = (read_record(OFFLINE / "search" / run / "result.json") for run in ("seed", "default"))
-    config = elitist["config"]
-    wins = perplexity.windows(session.tokens(config["fitness_split"]).ids, config["seq_len"], config["fitness_windows"])
     pruner = session.apply(published["genome"], dtype=config["dtype"])
-    on_elitist_data = perplexity.primary(pruner.model, wins, dtype=perplexity.get_dtype(config["dtype"])).ppl
+    ids, reached = session.tokens(config["fitness_split"]).ids, None
+    for (draw, n), parent, tokens in race_parents(checkpoint):
+        wins = fresh_windows(ids, config["seq_len"], n, draw)
+        if parent <= perplexity.primary(pruner.model, wins, dtype=perplexity.get_dtype(config["dtype"])).ppl:
+            reached = tokens
+            break
     session.restore()
-    reached = tokens_to_reach(read_json(OFFLINE / "search" / "default" / "checkpoint.json"), on_elitist_data)
-    return {"published_forward_tokens": published["forward_tokens"],
-            "published_final_fitness_on_elitist_data": on_elitist_data, "elitist_tokens_to_reach_published": reached,
+    return {"published_forward_tokens": published["forward_tokens"], "race_tokens_to_reach_published": reached,
             "search_token_ratio": reached / published["forward_tokens"] if reached else None}
 
 
@@ -175,7 +182,7 @@ def main() -> None:
     figures.update(evaluation_figures(session, chosen))
     figures.update(prefix_reuse_figures(session, chosen))
     figures.update(offline_overhead(figures))
-    if (OFFLINE / "search" / "default" / "checkpoint.json").exists():
+    if (OFFLINE / "search" / "race-s0" / "checkpoint.json").exists():
         figures.update(search_cost_figures(session))
     del session
     figures["latency"] = child_json("bench/latency.py", "--repeats", "7")

@@ -67,3 +67,21 @@ def test_export_round_trip_gives_the_same_perplexity(setup, tmp_path):
     assert saved["same_ppl"] and saved["ppl"] == saved["ppl_reloaded"]
     assert saved["nonzero_parameters"] < saved["parameters"] and saved["bytes_on_disk"] > 0
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+def test_reported_numbers_take_their_own_study_windows(setup):
+    r = setup.reported(0.3, windows=2, study_windows=1)
+    assert (r["test_windows"], r["study_windows"]) == (2, 1)
+    assert setup.reported(0.3, windows=2)["study_windows"] == 2
+
+
+def test_overfitting_compares_the_gain_on_the_fitness_split_with_the_gain_on_test(setup):
+    uniform = [0.45] * setup.n_blocks
+    genome = [0.2 if b % 2 else 0.7 for b in range(setup.n_blocks)]
+    result = {"criterion": "magnitude", "genome": genome, "test_ppl": 90.0, "fitness_split": "validation",
+              "uniform": {"genome": uniform, "test_ppl": 100.0}}
+    row = experiments.overfitting(setup, result, "x", n_windows=2)
+    assert row["windows"] == 2 and row["test_ratio"] == pytest.approx(0.9)
+    assert row["fitness_split_ratio"] == pytest.approx(row["ga_ppl"] / row["uniform_ppl"])
+    assert row["fitness_split_over_test"] == pytest.approx(row["fitness_split_ratio"] / 0.9)
+    assert row["ga_ppl"] != row["uniform_ppl"]

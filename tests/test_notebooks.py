@@ -14,7 +14,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 STEMS = ["01_baseline", "02_uniform_sweep", "03_ga_search", "04_analysis"]
 RECORDS = ["baseline.json", "uniform_sweep.json", "ga.json", "summary.json", "REPORT.md", "timings.json"]
 TABLES = ["parameter_counts", "dense", "sensitivity", "uniform_sweep", "generalization", "ga_genomes", "convergence",
-          "results"]
+          "rules_at_target", "overfitting", "results"]
 FIGURES = ["sensitivity", "uniform_sweep", "convergence", "figure1", "figure2_layer_profile"]
 RUNS = ["published", "elitist", "race"]
 FIXTURE = ROOT / "tests" / "fixtures" / "smoke_summary_d062ef2.json"  # the smoke summary before the session refactor
@@ -57,6 +57,10 @@ def test_summary_validates_and_covers_both_strategies(smoke):
     assert set(summary["provenance"]["notebook_wall_s"]) >= {"01_baseline", "02_uniform_sweep", "03_ga_search"}
     held_out = summary["generalization"]
     assert [g["run"] for g in held_out] == RUNS and all(g["text"] == "python-docs" for g in held_out)
+    assert all("ga_over_sensitivity" in g for g in held_out if g["run"] != "published")
+    assert {(r["method"], r["target"]) for r in summary["rules"]} == {(m, 0.45) for m in ("uniform", "OWL", "sensitivity")}
+    assert [o["run"] for o in summary["overfitting"]] == RUNS
+    assert any(c["what"].endswith("/ uniform, test") for c in summary["claims"])
 
 
 @pytest.mark.slow
@@ -149,7 +153,7 @@ def test_profile_merges_shared_keys_section_and_overrides():
     params = notebook.notebook_parameters("offline", NOTEBOOKS[2], {"seed": 3, "sensitivity_rate": 0.2})
     assert params["model"] == "smollm2-135m" and params["data"] == "../shared/data"
     assert params["seed"] == 3 and "sensitivity_rate" not in params  # declared by 01 only
-    assert params["runs"]["elitist"]["strategy"] == "elitist"
+    assert params["runs"]["race-s1"] == {**params["runs"]["race-s0"], "seed": 1}  # a YAML anchor, merged
     assert params["profile"] == "offline"
 
 

@@ -1,7 +1,8 @@
 """The report's summaries of searches repeated over seeds, from records alone (no model)."""
 import pytest
 
-from evoprune.report import layer_profiles, rank_correlation, seed_table
+from evoprune.report import (budget_words, claims, fitness_comparison, layer_profiles, rank_correlation, reference_tokens,
+                             seed_table)
 
 
 def run(name, seed, genome, ppl, strategy="race"):
@@ -26,3 +27,61 @@ def test_rank_correlation_is_spearmans_rho_with_shared_ranks_for_ties():
     assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert rank_correlation([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)  # scipy's value
+
+
+def claims_summary():
+    """Three seeds of a race at 45%, uniform 200 and two rules on test, a second text, one methods cell."""
+    ga = [{**run(f"race-s{s}", s, [0.45] * 3, ppl), "criterion": "magnitude", "target": 0.45, "fitness_kind": "ppl"}
+          for s, ppl in ((0, 90.0), (1, 100.0), (2, 110.0))]
+    ga.append({**run("published", 0, [0.5] * 3, 150.0, "published"), "criterion": "magnitude", "target": 0.5})
+    rules = [{"criterion": "magnitude", "target": 0.45, "method": m, "test_ppl": p}
+             for m, p in (("uniform", 200.0), ("OWL", 150.0), ("sensitivity", 125.0))]
+    held = [{"run": g["run"], "ga_over_uniform": 0.5, "ga_over_sensitivity": 0.8} for g in ga[:3]]
+    overfit = [{"run": g["run"], "fitness_split_over_test": 0.9} for g in ga[:3]]
+    methods = [{"criterion": "magnitude", "target": 0.7, "method": m, "test_ppl": p}
+               for m, p in (("uniform", 1000.0), ("OWL", 500.0), ("GA", 450.0))]
+    return {"ga": ga, "rules": rules, "generalization": held, "overfitting": overfit, "methods": {"rows": methods}}
+
+
+def test_claims_compare_the_mean_of_the_seeds_with_uniform_and_the_best_rule():
+    measured = {c["what"]: c for c in claims(claims_summary())}
+    label = "45% magnitude, GA (mean of 3 seeds)"
+    assert measured[f"{label} / uniform, test"]["measured"] == pytest.approx(0.5)
+    assert measured[f"{label} / uniform, test"]["met"] is True
+    best = measured[f"{label} / the best no-search allocation (sensitivity), test"]
+    assert best["measured"] == pytest.approx(100 / 125) and best["met"] is True
+    assert measured[f"{label} / sensitivity, python-docs"]["measured"] == pytest.approx(0.8)
+    assert measured[f"{label}: gain on validation / gain on test (ratios to uniform)"]["met"] is None
+    cell = measured["methods table, magnitude 70%: GA / the best no-search allocation (OWL)"]
+    assert cell["measured"] == pytest.approx(0.9) and cell["met"] is False  # at 60-70% the bound is 0.8
+
+
+def test_kl_reference_tokens_count_one_dense_pass_per_fresh_sample():
+    config = {"low_windows": 1, "stages": 3, "seq_len": 512}
+    # generation 0: one sample of the last stage (4 windows); then 1 + 2 + 4 windows per generation
+    assert reference_tokens(config, 1) == 4 * 512
+    assert reference_tokens(config, 5) == (4 + 4 * 7) * 512
+
+
+def test_fitness_comparison_pairs_searches_that_differ_only_in_fitness():
+    base = {"strategy": "race", "target": 0.45, "seed": 0, "low_windows": 1, "stages": 2, "seq_len": 512}
+    ga = [{"run": "race-s0", "strategy": "race", "config": {**base, "fitness": "ppl"}, "forward_tokens": 1000,
+           "evaluations": 20, "wall_s": 10.0, "test_ppl": 90.0, "uniform_at_target": {"test_ppl": 180.0}, "fitness_split": "validation",
+           "generations_run": 3},
+          {"run": "race-kl", "strategy": "race", "config": {**base, "fitness": "kl"}, "forward_tokens": 1000,
+           "evaluations": 15, "wall_s": 14.0, "test_ppl": 99.0, "uniform_at_target": {"test_ppl": 180.0}, "fitness_split": "validation",
+           "generations_run": 3},
+          {"run": "race-s1", "strategy": "race", "config": {**base, "seed": 1, "fitness": "ppl"}}]
+    rows = fitness_comparison({"ga": ga, "generalization": [{"run": "race-kl", "ga_over_uniform": 0.6}]},
+                              {"validation": {"n_tokens": 10_000}})
+    assert [(r["run"], r["fitness"]) for r in rows] == [("race-s0", "ppl"), ("race-kl", "kl")]
+    assert rows[1]["test_over_uniform"] == pytest.approx(0.55) and rows[1]["python_docs_over_uniform"] == 0.6
+    assert rows[1]["reference_tokens_per_sample"] == (2 + 2 * 3) * 512 and rows[1]["reference_tokens_stored"] == 10_000
+
+
+def test_budget_words_name_the_strategy_and_its_budget():
+    race = {"strategy": "race", "offspring": 16, "low_windows": 1, "stages": 3, "seq_len": 512,
+            "budget_tokens": 100_000}
+    assert budget_words(race) == ("the `race` strategy, (1 + 16) on fresh samples of 1, 2, 4 windows of 512 tokens, "
+                                  "100,000 forward tokens")
+    assert budget_words({"population": 6, "generations": 4}) == "the `elitist` strategy, population 6, generations 4"

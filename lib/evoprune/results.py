@@ -251,8 +251,13 @@ def format_cell(value, digits: int = 4) -> str:
     return "" if value is None else str(value)
 
 
+def all_columns(rows: list[dict]) -> list[str]:
+    """Every key of the rows, in the order they first appear (rows may lack some)."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: int = 4) -> str:
-    columns = columns or list(rows[0])
+    columns = columns or all_columns(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(format_cell(row.get(c), digits) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -272,7 +277,7 @@ def write_table(rows: list[dict], stem: str | Path, columns: list[str] | None = 
     if not rows:
         raise EvopruneError(f"no rows to write to {stem}.")
     stem = Path(stem)
-    columns = columns or list(rows[0])
+    columns = columns or all_columns(rows)
     return (write_csv(stem.with_suffix(".csv"), rows, columns),
             write_text(stem.with_suffix(".md"), markdown_table(rows, columns)))
 
