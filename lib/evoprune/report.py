@@ -465,7 +465,7 @@ def claims_section(summary: dict, level: str = "##") -> str:
     rows = summary.get("claims") or []
     if not rows:
         return ""
-    table = [{"what": r["what"], "measured": "not measured" if r["measured"] is None else f"{r['measured']:.3f}",
+    table = [{"what": r["what"], "measured": "not measured" if r["measured"] is None else f"{r['measured']:.4f}",
               "target": r["target"], "met": {True: "yes", False: "no", None: "—"}[r["met"]]} for r in rows]
     return f"""{level} The search against every rule: targets as measured
 
