@@ -8,8 +8,8 @@ from evoprune import plots
 DENSE = 20.0
 ROWS = [{"criterion": c, "method": m, "block_sparsity": s, "test_ppl": DENSE * f * (1 + s)}
         for c, f in (("magnitude", 4.0), ("wanda", 1.5)) for m in ("uniform", "OWL", "GA") for s in (0.45, 0.6, 0.7)]
-REMOVAL = [{"removed": [5], "share": 1 / 30, "test_ppl": 26.0}, {"removed": [1, 2, 3, 4, 6, 9], "share": 0.2,
-                                                                 "test_ppl": 165.0}]
+REMOVAL = [{"removed": [5], "share": 1 / 30, "test_ppl": 26.0, "over_dense": 26.0 / DENSE},
+           {"removed": [1, 2, 3, 4, 6, 9], "share": 0.2, "test_ppl": 165.0, "over_dense": 165.0 / DENSE}]
 
 
 def data_lines(ax):

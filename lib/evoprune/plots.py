@@ -145,7 +145,7 @@ def methods(rows: list[dict], removal: list[dict], dense_ppl: float, model: str 
     if removal:
         ax = axes[-1]
         for r in removal:
-            x, y, n = r["share"] * 100, r["test_ppl"] / dense_ppl, len(r["removed"])
+            x, y, n = r["share"] * 100, r["over_dense"], len(r["removed"])
             ax.plot(x, y, "kD", ms=6)
             ax.annotate(f"{n} block{'s' * (n != 1)}", (x, y), textcoords="offset points", xytext=(0, 7),
                         ha="center", fontsize=7)

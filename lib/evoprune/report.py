@@ -93,11 +93,12 @@ def methods_summary(allocations: dict, methods_ga: dict) -> dict:
     dense_ppl = allocations.get("dense_ppl", removal["depths"][0]["test_ppl"])
     n = removal["dense_blocks"]
     removal_ga = methods_ga["removal_ga"]
-    removed = [{"removed": r["removed"], "share": len(r["removed"]) / n, "test_ppl": r["test_ppl"]}
-               for r in removal["depths"][1:] + [removal_ga["test"]]]
+    removal_dense = removal["depths"][0]["test_ppl"]  # removal is measured on its own windows and dtype
+    removed = [{"removed": r["removed"], "share": len(r["removed"]) / n, "test_ppl": r["test_ppl"],
+                "over_dense": r["test_ppl"] / removal_dense} for r in removal["depths"][1:] + [removal_ga["test"]]]
     return {"test_windows": windows, "dtype": dtype, "dense_ppl": dense_ppl, "rows": rows,
             "removal_windows": removal["test_windows"], "removal_dtype": removal["dtype"],
-            "removal_dense_ppl": removal["depths"][0]["test_ppl"],
+            "removal_dense_ppl": removal_dense,
             "genomes": {f"{r['criterion']}-{r['target']:.0%}": r["genome"] for r in methods_ga["rows"]},
             "removal_depths": removal["depths"], "removal_points": removed,
             "removal_ga": {k: v for k, v in removal_ga.items() if k != "history"},
