@@ -75,7 +75,8 @@ Markdown(results.markdown_table(ga["rows"], ["run", "strategy", "block_sparsity"
 # ## Convergence and generalization to a second held-out text (`python-docs`, float32, primary protocol)
 
 # %%
-Image(plots.save_figure(plots.convergence(report.histories(paths, runs)), paths.figure("convergence")))
+Image(plots.save_figure(plots.convergence(report.histories(paths, runs), report.race_progress(paths, ga["rows"]),
+                                          report.run_groups(ga["rows"])), paths.figure("convergence")))
 
 # %%
 Markdown(results.markdown_table(ga["generalization"]))

@@ -44,7 +44,7 @@ print(f"reports: {paths.reports}")
 # ## Figure 1: perplexity against sparsity
 
 # %%
-Image(plots.save_figure(plots.figure1(summary["uniform"], summary["ga"], study, summary["model"]),
+Image(plots.save_figure(plots.figure1(summary["uniform"], report.seed_groups(summary["ga"]), study, summary["model"]),
                         paths.figure("figure1")))
 
 # %% [markdown]

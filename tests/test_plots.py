@@ -62,3 +62,31 @@ def test_layer_profile_draws_the_seeds_mean_and_band():
     (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
     ys = band.get_paths()[0].vertices[:, 1]
     assert min(ys) == pytest.approx(20) and max(ys) == pytest.approx(60)
+
+
+def test_figure1_draws_a_search_over_seeds_as_one_star_with_its_range():
+    uniform = [{"sparsity": s, "test_ppl": 10 + 100 * s, "study_ppl": 11 + 100 * s} for s in (0.0, 0.45)]
+    row = {"block_sparsity": 0.45, "study_ppl": 50.0}
+    groups = {"race (3 seeds)": [{**row, "test_ppl": p} for p in (40.0, 45.0, 56.0)], "race-kl": [{**row, "test_ppl": 47.0}]}
+    ax = plots.figure1(uniform, groups).axes[0]
+    stars = {c.get_label(): c for c in ax.containers}
+    seeds = stars["GA race (3 seeds), primary protocol, mean and range"]
+    assert seeds.lines[0].get_ydata()[0] == pytest.approx(47.0)
+    (bar,) = seeds.lines[2]
+    assert bar.get_segments()[0][:, 1] == pytest.approx([40.0, 56.0])
+    kl = stars["GA race-kl, primary protocol"].lines[0]
+    assert kl.get_xdata()[0] - seeds.lines[0].get_xdata()[0] == pytest.approx(plots.DODGE)  # dodged apart
+    assert to_hex(kl.get_color()) != to_hex(seeds.lines[0].get_color())
+
+
+def test_convergence_puts_races_on_their_paired_progress_and_seeds_in_one_colour():
+    history = [{"forward_tokens": t, "best": b, "mean": b} for t, b in ((10, 5.0), (20, 4.0))]
+    progress = {run: [{"forward_tokens": 10, "relative": 1.0}, {"forward_tokens": 20, "relative": r}]
+                for run, r in (("s0", 0.9), ("s1", 0.8), ("kl", 0.95))}
+    groups = {"published": "published", "s0": "race (2 seeds)", "s1": "race (2 seeds)", "kl": "kl"}
+    fixed, races = plots.convergence({"published": history, **{r: history for r in progress}}, progress, groups).axes
+    assert [line.get_label() for line in fixed.get_lines()] == ["published: best", "published: mean"]
+    lines = {line.get_label(): line for line in races.get_lines() if line.get_label() in progress}
+    assert list(lines["s1"].get_ydata()) == [1.0, 0.8]
+    assert lines["s0"].get_color() == lines["s1"].get_color() != lines["kl"].get_color()
+    assert lines["s0"].get_linestyle() != lines["s1"].get_linestyle()

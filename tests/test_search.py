@@ -413,3 +413,16 @@ def test_a_smaller_budget_than_a_finished_search_had_is_refused(tmp_path):
     optimize(Bowl(EQUAL), EQUAL, config("race", offspring=4, generations=3), tmp_path)
     with pytest.raises(EvopruneError, match="larger budget"):
         finished_result(tmp_path, config("race", offspring=4, generations=2).as_config())
+
+
+def test_race_progress_is_the_product_of_paired_ratios(tmp_path):
+    """On a noiseless objective the paired ratios multiply to the parent's true fitness over its start."""
+    from evoprune.search import race_progress
+    bowl = Bowl(EQUAL)
+    search = optimize(bowl, EQUAL, config("race", offspring=4, generations=6), tmp_path)
+    rows = race_progress(json.loads((tmp_path / CHECKPOINT).read_text()))
+    assert [r["generation"] for r in rows] == list(range(6))
+    assert [r["forward_tokens"] for r in rows] == [h["forward_tokens"] for h in search.history]
+    start = search.history[0]["best"]
+    assert [r["relative"] for r in rows] == pytest.approx([h["best"] / start for h in search.history])
+    assert all(b["relative"] <= a["relative"] for a, b in zip(rows, rows[1:]))

@@ -8,8 +8,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 PROTOCOL_STYLES = {"test_ppl": ("primary protocol", "-o"), "study_ppl": ("study protocol", "--s")}
-MODE_COLORS = {"published": "tab:orange", "elitist": "tab:green", "seed": "tab:orange", "default": "tab:green"}
+# one colour per search, in the order the runs come; a search run over several seeds is one search (one colour)
+SEARCH_COLORS = ("tab:orange", "tab:purple", "tab:brown", "tab:green", "tab:pink", "tab:cyan")
 STUDY_COLOR = "0.45"
+DODGE = 1.6  # percentage points between stars at the same sparsity
 
 
 def _figure(width: float = 7.0, height: float = 4.2):
@@ -19,8 +21,10 @@ def _figure(width: float = 7.0, height: float = 4.2):
     return fig, ax
 
 
-def mode_color(mode: str) -> str:
-    return MODE_COLORS.get(mode, "tab:purple")
+def search_colors(names) -> dict[str, str]:
+    """A colour per search name (``report.seed_groups``' names), in order of first appearance."""
+    names = list(dict.fromkeys(names))
+    return {name: SEARCH_COLORS[i % len(SEARCH_COLORS)] for i, name in enumerate(names)}
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
@@ -62,15 +66,39 @@ def sensitivity(rows: list[dict], model: str = "") -> Figure:
     return fig
 
 
-def convergence(histories: dict[str, list[dict]]) -> Figure:
-    """Best (solid) and population-mean (dashed) fitness against forward tokens, one colour per search mode."""
-    fig, ax = _figure()
-    for mode, rows in histories.items():
-        tokens = [r["forward_tokens"] for r in rows]
-        ax.plot(tokens, [r["best"] for r in rows], "-", color=mode_color(mode), label=f"{mode}: best")
-        ax.plot(tokens, [r["mean"] for r in rows], "--", color=mode_color(mode), alpha=0.6, label=f"{mode}: mean")
-    ax.set(yscale="log", xlabel="forward tokens", ylabel="fitness (perplexity, log)", title="GA convergence")
-    ax.legend()
+def convergence(histories: dict[str, list[dict]], progress: dict[str, list[dict]] | None = None,
+                groups: dict[str, str] | None = None) -> Figure:
+    """Left: best (solid) and population-mean (dashed) fitness against forward tokens of the searches scored on
+    fixed windows. Right, for races (``progress``: ``search.race_progress``): the parent's fitness relative to
+    its start, the product of paired ratios, since a race's raw fitness is each generation's fresh sample. One
+    colour per search (``groups``: run -> search name; its seeds share it, one line style each)."""
+    progress = progress or {}
+    groups = groups or {run: run for run in histories}
+    colors, styles = search_colors(groups.get(run, run) for run in histories), ("-", "--", ":", "-.")
+    fixed = [run for run in histories if run not in progress]
+    fig = Figure(figsize=(6.0 * (bool(fixed) + bool(progress)), 4.2), layout="constrained")
+    axes = list(fig.subplots(1, bool(fixed) + bool(progress), squeeze=False)[0])
+    if fixed:
+        ax = axes.pop(0)
+        for run in fixed:
+            rows, color = histories[run], colors[groups.get(run, run)]
+            tokens = [r["forward_tokens"] for r in rows]
+            ax.plot(tokens, [r["best"] for r in rows], "-", color=color, label=f"{run}: best")
+            ax.plot(tokens, [r["mean"] for r in rows], "--", color=color, alpha=0.6, label=f"{run}: mean")
+        ax.set(yscale="log", xlabel="forward tokens", ylabel="fitness (log)", title="Searches on fixed windows")
+    if progress:
+        ax = axes[0]
+        for run, rows in progress.items():
+            group = groups.get(run, run)
+            seeds = [other for other in progress if groups.get(other, other) == group]
+            ax.plot([r["forward_tokens"] for r in rows], [r["relative"] for r in rows],
+                    styles[seeds.index(run) % len(styles)], color=colors[group], label=run)
+        ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
+        ax.set(xlabel="forward tokens", ylabel="parent fitness / its start (paired)",
+               title="Races: progress on paired fresh samples")
+    for ax in fig.axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
     return fig
 
 
@@ -79,10 +107,11 @@ def layer_profile(ga_genomes: dict[str, list[float] | list[list[float]]], unifor
     """Pruning rate per block of each GA run (keyed by mode): one genome, or one per seed, drawn as their mean
     with a min–max band; the study's published genome when given, and ``uniform`` as a horizontal line."""
     fig, ax = _figure()
+    colors = search_colors(ga_genomes)
     for mode, genomes in ga_genomes.items():
         genomes = genomes if isinstance(genomes[0], (list, tuple)) else [genomes]
         per_block = [[g * 100 for g in block] for block in zip(*genomes)]
-        blocks, color = range(len(per_block)), mode_color(mode)
+        blocks, color = range(len(per_block)), colors[mode]
         label = f"GA {mode}" if len(genomes) == 1 else f"GA {mode}: mean of {len(genomes)} seeds, min–max band"
         ax.plot(blocks, [sum(b) / len(b) for b in per_block], "-o", ms=4, color=color, label=label)
         if len(genomes) > 1:
@@ -98,16 +127,26 @@ def layer_profile(ga_genomes: dict[str, list[float] | list[list[float]]], unifor
     return fig
 
 
-def figure1(uniform_rows: list[dict], ga_rows: list[dict], study: dict | None = None, model: str = "") -> Figure:
-    """Uniform curve, GA results as stars (filled: primary protocol, hollow: study protocol) and, for
+def figure1(uniform_rows: list[dict], ga_groups: dict[str, list[dict]], study: dict | None = None,
+            model: str = "") -> Figure:
+    """Uniform curve, each search as a star (filled: primary protocol, hollow: study protocol; a search over
+    several seeds at its mean, with a bar over their range; stars at one sparsity dodged sideways) and, for
     reference, the study's published GPT-2 numbers."""
     fig, ax = _figure(7.5, 4.8)
     _plot_uniform(ax, uniform_rows, f"uniform{f' ({model})' if model else ''}")
-    for row in ga_rows:
-        x, color = row["block_sparsity"] * 100, mode_color(row["run"])
-        ax.plot(x, row["test_ppl"], "*", ms=16, color=color, label=f"GA {row['run']}, primary protocol")
-        ax.plot(x, row["study_ppl"], "*", ms=16, mfc="none", color=color,
-                label=f"GA {row['run']}, study protocol")
+    colors = search_colors(ga_groups)
+    at: dict[float, list[str]] = {}
+    for name, rows in ga_groups.items():
+        at.setdefault(round(rows[0]["block_sparsity"] * 100, 1), []).append(name)
+    for name, rows in ga_groups.items():
+        x = round(rows[0]["block_sparsity"] * 100, 1)
+        x += DODGE * (at[x].index(name) - (len(at[x]) - 1) / 2)
+        for key, fill, protocol in (("test_ppl", None, "primary"), ("study_ppl", "none", "study")):
+            values = [r[key] for r in rows]
+            mean = float(sum(values) / len(values))
+            yerr = [[mean - min(values)], [max(values) - mean]] if len(values) > 1 else None
+            ax.errorbar(x, mean, yerr=yerr, fmt="*", ms=14, mfc=fill, color=colors[name], capsize=3,
+                        label=f"GA {name}, {protocol} protocol{', mean and range' if len(values) > 1 else ''}")
     if study:
         label = f"the study, published ({study['model']}, its protocol)"
         points = [(0.0, study["dense_ppl"])] + [(u["sparsity"], u["ppl"]) for u in study["uniform"]]

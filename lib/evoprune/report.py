@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evoprune import EvopruneError
+from evoprune import EvopruneError, search
 from evoprune.results import (PROTOCOLS, REPORTED_DTYPE, ROOT, ReportPaths, markdown_table, read_csv, read_json, read_record,
                               study_published, validate_summary)
 
@@ -155,6 +155,17 @@ def seed_groups(ga_rows: list[dict]) -> dict[str, list[dict]]:
         groups.setdefault(key, []).append(row)
     return {(rows[0]["run"] if len(rows) == 1 else f"{rows[0]['run']} ({len(rows)} seeds)"): rows
             for rows in groups.values()}
+
+
+def run_groups(ga_rows: list[dict]) -> dict[str, str]:
+    """Each run's search (``seed_groups``' name): the seeds of one search share its colour in the figures."""
+    return {row["run"]: name for name, rows in seed_groups(ga_rows).items() for row in rows}
+
+
+def race_progress(paths: ReportPaths, ga_rows: list[dict]) -> dict[str, list[dict]]:
+    """Each race's progress on paired samples (``search.race_progress``), from its checkpoint."""
+    return {row["run"]: search.race_progress(read_json(paths.search(row["run"]) / search.CHECKPOINT))
+            for row in ga_rows if row["strategy"] == "race"}
 
 
 def layer_profiles(summary: dict) -> dict[str, list[list[float]]]:

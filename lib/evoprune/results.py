@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -25,6 +26,8 @@ PROTOCOLS = {
 }
 PACKAGES = ("torch", "transformers", "numpy", "evoprune")
 STUDY_PUBLISHED = ROOT / "data" / "study_published.json"
+# the modules whose code, with the weights, data and settings in a measurement's key, decides the number
+MEASURING_CODE = ("models.py", "data.py", "pruning.py", "perplexity.py", "prefix.py", "session.py", "hardware.py")
 
 
 def git_commit() -> str:
@@ -37,6 +40,17 @@ def git_commit() -> str:
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def measuring_code() -> str:
+    """A hash of the code that decides a measured perplexity and of the torch and transformers it runs on: a
+    logged measurement is reused until that code changes, whatever else is committed meanwhile."""
+    digest = hashlib.sha256()
+    for name in MEASURING_CODE:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    for name in ("torch", "transformers"):
+        digest.update(f"{name}=={metadata.version(name)}".encode())
+    return digest.hexdigest()[:16]
 
 
 def hardware() -> dict:
@@ -69,13 +83,14 @@ def provenance(**fields) -> dict:
 
 class MeasurementLog:
     """Perplexities measured during a profile's run, one JSON line each (``ReportPaths.measurements``), keyed by
-    everything that decides them (``session.Session.measure`` builds the key). A notebook that needs a number an
-    earlier one measured reads it back instead of recomputing it. ``MeasurementLog(None)`` remembers nothing."""
+    everything that decides them (``session.Session.measure`` builds the key, ``measuring_code`` is added). A
+    notebook that needs a number an earlier one measured, or a rerun after a kill, reads it back instead of
+    recomputing it. ``MeasurementLog(None)`` remembers nothing."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = None if path is None else Path(path)
         self.known: dict[str, dict] = {}
-        self.commit = git_commit()
+        self.code = measuring_code()
         if self.path is not None and self.path.is_file():
             for line in self.path.read_text().splitlines():
                 try:
@@ -85,7 +100,7 @@ class MeasurementLog:
                 self.known[entry["key"]] = entry["value"]
 
     def key(self, **fields) -> str:
-        return json.dumps({**fields, "commit": self.commit}, sort_keys=True)
+        return json.dumps({**fields, "code": self.code}, sort_keys=True)
 
     def get(self, key: str) -> dict | None:
         return self.known.get(key)

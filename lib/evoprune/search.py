@@ -443,6 +443,26 @@ class Race:
         return False
 
 
+def race_progress(state: dict) -> list[dict]:
+    """A race's progress without sampling noise, read from its checkpoint: after each generation, the parent's
+    fitness relative to generation 0's, as the product of the paired ratios (new parent ÷ old parent on the same
+    fresh sample of the last stage). The parent's own score moves from sample to sample; these ratios do not."""
+    s, last = state["config"], state["config"]["stages"] - 1
+    by_draw: dict[tuple, dict] = {}
+    for genome, (draw, _), value in state["cache"]:
+        by_draw.setdefault(tuple(draw), {})[tuple(genome)] = value
+    start = by_draw[(s["seed"], 0, last)]
+    parent, relative = min(start, key=start.get), 1.0
+    rows = [{"generation": 0, "forward_tokens": state["history"][0]["forward_tokens"], "relative": relative}]
+    for row in state["history"][1:]:
+        scores = by_draw[(s["seed"], row["generation"], last)]
+        winner = min(scores, key=scores.get)
+        relative *= scores[winner] / scores[parent]
+        parent = winner
+        rows.append({"generation": row["generation"], "forward_tokens": row["forward_tokens"], "relative": relative})
+    return rows
+
+
 STRATEGY_CLASSES = {"published": Published, "elitist": Elitist, "race": Race}
 
 
