@@ -22,7 +22,7 @@ import torch
 from evoprune import hardware, perplexity
 from evoprune.models import timings
 from evoprune.results import ROOT, provenance, read_json, read_record, write_json
-from evoprune.search import Settings, optimize
+from evoprune.search import Settings, optimize, race_parents
 from evoprune.session import Session, fresh_windows
 
 SEQ_LEN, N_WINDOWS = 1024, 4
@@ -44,6 +44,14 @@ def matmul_peak_gflops(dtype: torch.dtype) -> float:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         best = max(best, 2 * n ** 3 / best_of(lambda: a @ b) / 1e9)
     return best
+
+
+def attention_flops(config, n_windows: int, seq_len: int) -> int:
+    """Causal attention's two matmuls per window and layer, which the weights' count leaves out: the i-th query
+    meets i keys in the scores and i values in their weighted sum, 2 x width FLOPs each."""
+    width = config.num_attention_heads * (getattr(config, "head_dim", None)
+                                          or config.hidden_size // config.num_attention_heads)
+    return n_windows * config.num_hidden_layers * 2 * 2 * width * seq_len * (seq_len + 1) // 2
 
 
 def evaluation_figures(session: Session, chosen: str) -> dict:
@@ -74,7 +82,8 @@ def evaluation_figures(session: Session, chosen: str) -> dict:
         fast = perplexity.primary(session.apply(rate, dtype="bfloat16").model, wins, dtype=torch.bfloat16).ppl
         errors[rate] = abs(fast - exact) / exact
     session.restore()
-    flops = 2 * sum(p.numel() for p in session.model.parameters()) * wins.numel()
+    flops = 2 * sum(p.numel() for p in session.model.parameters()) * wins.numel() + attention_flops(
+        session.model.config, *wins.shape)
     fitness = {dtype: figures[f"fitness_s_{dtype}"] for dtype in DTYPES}
     return {**figures, "chosen_dtype": chosen, "flops_per_eval": flops, "apply_s": apply_s,
             "fitness_peak_fraction": flops / fitness[chosen] / 1e9 / figures[f"matmul_peak_gflops_{chosen}"],
@@ -105,21 +114,6 @@ def prefix_reuse_figures(session: Session, chosen: str) -> dict:
             "prefix_same_result": same, "prefix_search": RACE}
 
 
-def race_parents(checkpoint: dict):
-    """Per generation of a race search: (its final stage's fresh sample, the parent's fitness on it after that
-    generation, forward tokens spent by then). The checkpoint's fitness cache holds every (genome, sample)
-    scored; the parent after a generation is the best genome scored on that generation's last sample."""
-    config, last = checkpoint["config"], checkpoint["config"]["stages"] - 1
-    by_sample: dict = {}
-    for _, sample, value in checkpoint["cache"]:
-        draw, n = tuple(sample[0]), sample[1]
-        if draw[2] == last:
-            by_sample.setdefault((draw, n), []).append(value)
-    for entry in checkpoint["history"]:
-        key = next(k for k in by_sample if k[0] == (config["seed"], entry["generation"], last))
-        yield key, min(by_sample[key]), entry["forward_tokens"]
-
-
 def search_cost_figures(session: Session, published_run: str = "published", race_run: str = "race-s0") -> dict:
     """From the committed offline run: the forward tokens its race search needed before its parent scored at most
     what the published GA's final genome scores on the same fresh sample (a paired comparison, the race's own
@@ -129,10 +123,10 @@ def search_cost_figures(session: Session, published_run: str = "published", race
     config = checkpoint["config"]
     pruner = session.apply(published["genome"], dtype=config["dtype"])
     ids, reached = session.tokens(config["fitness_split"]).ids, None
-    for (draw, n), parent, tokens in race_parents(checkpoint):
-        wins = fresh_windows(ids, config["seq_len"], n, draw)
-        if parent <= perplexity.primary(pruner.model, wins, dtype=perplexity.get_dtype(config["dtype"])).ppl:
-            reached = tokens
+    for row in race_parents(checkpoint):
+        wins = fresh_windows(ids, config["seq_len"], row["sample"][1], row["sample"][0])
+        if row["after"] <= perplexity.primary(pruner.model, wins, dtype=perplexity.get_dtype(config["dtype"])).ppl:
+            reached = row["forward_tokens"]
             break
     session.restore()
     return {"published_forward_tokens": published["forward_tokens"], "race_tokens_to_reach_published": reached,

@@ -1,10 +1,10 @@
 """One generation's children scored three ways: serially in this process with 2 torch threads, and on a pool of
 2 workers with 1 thread each (``workers.open_pool``: the process backend, and Ray when it is installed).
-The objective is the search's (``workers.session_objective``): SmolLM2-135M in float32, magnitude pruning,
-primary perplexity of the first 1024-token validation window.
+The objective is the search's (``workers.session_objective``): SmolLM2-135M in the dtype ``auto`` chooses (or
+the one given), magnitude pruning, primary perplexity of the first 1024-token validation window.
 
 Each setting first scores one child per worker to warm up (not timed); then the same CHILDREN children are timed.
-The values must be identical across settings. Usage: python bench/workers.py [CHILDREN]; the last line is one
+The values must be identical across settings. Usage: python bench/workers.py [CHILDREN [DTYPE]]; the last line is one
 JSON object (times in seconds; ratio = serial time / pool time, above 1 when the pool is faster).
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from evoprune import hardware
 from evoprune.data import default_data
 from evoprune.search import Settings
 from evoprune.workers import open_pool, session_objective
@@ -50,11 +51,12 @@ def pooled(make, genomes, backend: str) -> tuple[list[float], float, float]:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 4
-    settings = Settings(model="smollm2-135m", data=default_data(), target=0.45, fitness_windows=1, dtype="float32")
+    dtype = hardware.resolve_dtype(sys.argv[2] if len(sys.argv) > 2 else "auto")
+    settings = Settings(model="smollm2-135m", data=default_data(), target=0.45, fitness_windows=1, dtype=dtype)
     make = functools.partial(session_objective, settings)
     genomes = children(n)
     values, seconds, setup = serial(make, genomes)
-    figures = {"children": n, "model": "smollm2-135m", "dtype": "float32", "windows": 1, "seq_len": 1024,
+    figures = {"children": n, "model": "smollm2-135m", "dtype": dtype, "windows": 1, "seq_len": 1024,
                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
                "load_average": os.getloadavg()[0], "serial_1x2_s": seconds, "serial_setup_s": setup}
     backends = ["process"]

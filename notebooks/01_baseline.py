@@ -51,4 +51,4 @@ Markdown(results.markdown_table([baseline["parameter_counts"]]) + "\n" + results
 Image(plots.save_figure(plots.sensitivity(baseline["sensitivity"], model), paths.figure("sensitivity")))
 
 # %%
-experiments.finish(paths, "01_baseline")
+experiments.finish(paths, "01_baseline", session)

@@ -64,4 +64,4 @@ Markdown(results.markdown_table(report.pivot(methods["rows"])) + "\n"
          + results.markdown_table(methods["block_removal"]["depths"]))
 
 # %%
-experiments.finish(paths, "02_uniform_sweep")
+experiments.finish(paths, "02_uniform_sweep", session)

@@ -98,4 +98,4 @@ rows = experiments.downstream_study(session, paths, downstream_tasks, downstream
 Markdown(results.markdown_table(rows) if rows else "no downstream tasks in this profile")
 
 # %%
-experiments.finish(paths, "03_ga_search")
+experiments.finish(paths, "03_ga_search", session)

@@ -20,7 +20,10 @@ def smollm2(data_dir):
     return loaded.model, tokens.ids
 
 
-def straightforward_ppl(model, ids, n_windows=4, seq_len=1024):
+WINDOWS = 2  # of 1024 tokens: the test runs four passes over them, seconds each on a 2-core CPU
+
+
+def straightforward_ppl(model, ids, n_windows=WINDOWS, seq_len=1024):
     with torch.no_grad():
         losses = [model(w[None], labels=w[None]).loss.item() for w in ids[: n_windows * seq_len].view(-1, seq_len)]
     return math.exp(sum(losses) / len(losses))  # equal-length windows: mean of means = overall mean
@@ -40,7 +43,7 @@ def test_token_count_matches_reference(smollm2):
 def test_dense_and_uniform_45_match_independent_computation(smollm2):
     model, ids = smollm2
     pruner = Pruner(model)
-    wins = perplexity.windows(ids, 1024, 4)
+    wins = perplexity.windows(ids, 1024, WINDOWS)
     dense = perplexity.primary(model, wins).ppl
     pruner.apply(0.45)
     pruned = perplexity.primary(model, wins).ppl
@@ -49,7 +52,7 @@ def test_dense_and_uniform_45_match_independent_computation(smollm2):
     assert dense == pytest.approx(straightforward_ppl(model, ids), rel=0.01)
     threshold_prune(model, 0.45)
     assert pruned == pytest.approx(straightforward_ppl(model, ids), rel=0.01)
-    assert dense == pytest.approx(23.08, rel=0.005) and pruned == pytest.approx(131.2, rel=0.005)
+    assert dense == pytest.approx(20.24, rel=0.005) and pruned == pytest.approx(124.6, rel=0.005)  # HF loss, 2 windows
 
 
 def test_bfloat16_fitness_copy_stays_within_half_a_percent_of_float32(data_dir):

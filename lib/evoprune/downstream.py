@@ -12,6 +12,7 @@ Accuracy is the share of items whose target the model produces greedily, token b
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -89,10 +90,8 @@ def lastword_dataset(data: str | None = None, **_):
 
 def task_manager(tasks: list[str], data: str | None = None):
     """A TaskManager that knows the project's tasks (and the harness's, when a task is not local)."""
-    from lm_eval.tasks import TaskManager
     from evoprune.models import hub_reachable
-    local = all(t in LOCAL_TASKS for t in tasks)
-    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=not local, metadata={"data": data})
+    manager = indexed_tasks(not all(t in LOCAL_TASKS for t in tasks), data)
     for task in tasks:
         if task not in manager.all_tasks:
             raise EvopruneError(f"unknown task {task!r}: the local task is {', '.join(LOCAL_TASKS)}; lm-evaluation-"
@@ -101,6 +100,14 @@ def task_manager(tasks: list[str], data: str | None = None):
             raise EvopruneError(f"task {task!r} reads its data from the Hugging Face hub, which is unreachable: "
                                 f"offline, use {', '.join(LOCAL_TASKS)}.")
     return manager
+
+
+@functools.lru_cache(maxsize=4)
+def indexed_tasks(include_defaults: bool, data: str | None):
+    """The harness's TaskManager over the project's tasks (and its own, which take seconds to index), built once
+    per setting in a process."""
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_path=str(TASK_DIR), include_defaults=include_defaults, metadata={"data": data})
 
 
 def accuracy_of(metrics: dict) -> float:

@@ -42,9 +42,11 @@ def read_record(paths: ReportPaths, name: str, notebook: str) -> dict:
     return read_json(paths.require(paths.record(name), notebook))
 
 
-def finish(paths: ReportPaths, notebook: str) -> None:
-    """A notebook's last cell: its forward tokens by dtype go to ``timings.json`` (the runner adds its wall time)."""
-    record_tokens(paths, notebook, perplexity.forward_tokens())
+def finish(paths: ReportPaths, notebook: str, session: Session) -> None:
+    """A notebook's last cell: its forward tokens by dtype, and what it read back from an earlier run instead of
+    computing (measurements, finished searches), go to ``timings.json`` (the runner adds its wall time)."""
+    record_tokens(paths, notebook, perplexity.forward_tokens(),
+                  {"measurements": session.log.reused, "searches": session.searches_read_back})
 
 
 # --- 01: dense baseline and per-block sensitivity ------------------------------------------------------------
@@ -258,6 +260,7 @@ def run_search(session: Session, settings: Settings, out, progress: bool = True,
     done = finished_result(out, config)
     if done is not None:
         print(f"{out / RESULT} already holds this search (same config): not recomputed.", file=sys.stderr)
+        session.searches_read_back += 1
         return done
     if session.data != HUB:
         for split in (settings.fitness_split, "test"):

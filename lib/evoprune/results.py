@@ -90,6 +90,7 @@ class MeasurementLog:
     def __init__(self, path: str | Path | None = None):
         self.path = None if path is None else Path(path)
         self.known: dict[str, dict] = {}
+        self.reused = 0  # measurements read back instead of made
         self.code = measuring_code()
         if self.path is not None and self.path.is_file():
             for line in self.path.read_text().splitlines():
@@ -103,7 +104,9 @@ class MeasurementLog:
         return json.dumps({**fields, "code": self.code}, sort_keys=True)
 
     def get(self, key: str) -> dict | None:
-        return self.known.get(key)
+        value = self.known.get(key)
+        self.reused += value is not None
+        return value
 
     def put(self, key: str, value: dict) -> dict:
         self.known[key] = value
@@ -312,11 +315,11 @@ def read_csv(path: str | Path) -> list[dict]:
         return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def record_tokens(paths: ReportPaths, notebook: str, tokens: dict[str, int]) -> None:
-    """A notebook's forward tokens by dtype, in its ``timings.json`` entry (its last cell writes them; the runner
-    adds the wall time when the notebook has finished)."""
+def record_tokens(paths: ReportPaths, notebook: str, tokens: dict[str, int], read_back: dict[str, int]) -> None:
+    """A notebook's forward tokens by dtype and what it read back instead of computing, in its ``timings.json``
+    entry (its last cell writes them; the runner adds the wall time when the notebook has finished)."""
     timings = read_json(paths.timings) if paths.timings.exists() else {}
-    timings[notebook] = {**timings.get(notebook, {}), "forward_tokens": tokens}
+    timings[notebook] = {**timings.get(notebook, {}), "forward_tokens": tokens, "read_back": read_back}
     write_json(paths.timings, timings)
 
 

@@ -443,22 +443,32 @@ class Race:
         return False
 
 
-def race_progress(state: dict) -> list[dict]:
-    """A race's progress without sampling noise, read from its checkpoint: after each generation, the parent's
-    fitness relative to generation 0's, as the product of the paired ratios (new parent ÷ old parent on the same
-    fresh sample of the last stage). The parent's own score moves from sample to sample; these ratios do not."""
-    s, last = state["config"], state["config"]["stages"] - 1
-    by_draw: dict[tuple, dict] = {}
-    for genome, (draw, _), value in state["cache"]:
-        by_draw.setdefault(tuple(draw), {})[tuple(genome)] = value
-    start = by_draw[(s["seed"], 0, last)]
-    parent, relative = min(start, key=start.get), 1.0
-    rows = [{"generation": 0, "forward_tokens": state["history"][0]["forward_tokens"], "relative": relative}]
-    for row in state["history"][1:]:
-        scores = by_draw[(s["seed"], row["generation"], last)]
+def race_parents(state: dict) -> list[dict]:
+    """Per generation of a race, from its checkpoint: the last stage's fresh ``sample``, the parent scored on it
+    ``before`` and ``after`` the generation (a paired comparison: equal when the parent stayed), and the forward
+    tokens spent by then. The checkpoint's cache holds every (genome, sample) scored."""
+    config, last = state["config"], state["config"]["stages"] - 1
+    scored: dict[tuple, dict] = {}
+    for genome, (draw, n), value in state["cache"]:
+        scored.setdefault((tuple(draw), n), {})[tuple(genome)] = value
+    rows, parent = [], None
+    for entry in state["history"]:
+        sample = next(key for key in scored if key[0] == (config["seed"], entry["generation"], last))
+        scores = scored[sample]
         winner = min(scores, key=scores.get)
-        relative *= scores[winner] / scores[parent]
+        rows.append({"generation": entry["generation"], "sample": sample, "forward_tokens": entry["forward_tokens"],
+                     "before": scores[parent if parent is not None else winner], "after": scores[winner]})
         parent = winner
+    return rows
+
+
+def race_progress(state: dict) -> list[dict]:
+    """A race's progress without sampling noise: after each generation, the parent's fitness relative to
+    generation 0's, as the product of the paired ratios (``race_parents``). The parent's own score moves from
+    sample to sample; these ratios do not."""
+    relative, rows = 1.0, []
+    for row in race_parents(state):
+        relative *= row["after"] / row["before"]
         rows.append({"generation": row["generation"], "forward_tokens": row["forward_tokens"], "relative": relative})
     return rows
 
