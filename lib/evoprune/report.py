@@ -453,6 +453,7 @@ Search budgets and what they bought (fitness in the dtype shown, on validation s
 Generalization, on a second text no fitness saw (`python-docs`):
 
 {markdown_table(summary["generalization"])}
+{downstream_section(summary, "###")}
 ![Figure 1](figures/{profile}/figure1.png)
 ![Figure 2](figures/{profile}/figure2_layer_profile.png)
 
@@ -532,15 +533,17 @@ are: Spearman's rank correlation between every pair of seeds (1: the same order 
 {markdown_table(rows)}"""
 
 
-def downstream_section(summary: dict) -> str:
+def downstream_section(summary: dict, level: str = "##") -> str:
     rows = summary.get("downstream") or []
     if not rows:
         return ""
-    return f"""## Downstream accuracy (lm-evaluation-harness)
+    items = min(r["n"] for r in rows)
+    return f"""{level} Downstream accuracy (lm-evaluation-harness)
 
 Accuracy on each task beside float32 test perplexity (primary protocol, {rows[0]['test_windows']} windows), for
 the dense model, and uniform pruning and the GA at the same sparsity, per criterion.
-The local task `wikitext_lastword` is last-word prediction on WikiText-2 test sentences (LAMBADA-style).
+The local task `wikitext_lastword` is last-word prediction on WikiText-2 test sentences (LAMBADA-style). On
+{items} items an accuracy's standard error is up to {0.5 / items ** 0.5:.2f}.
 
 {markdown_table(rows)}"""
 
