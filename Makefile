@@ -49,7 +49,7 @@ readme: $(VENV)/.installed
 	$(PY) -c "from evoprune.report import update_readme; update_readme('offline')"
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -ra --durations=10
+	$(PY) -m pytest -ra --durations=10 -n 2 --dist loadfile  # two test processes, a test file each
 
 lab: $(VENV)/.installed
 	$(VENV)/bin/jupyter lab notebooks/

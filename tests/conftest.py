@@ -5,6 +5,14 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two test processes (pytest-xdist, -n 2): each gets half the cores for torch, and so do its
+    # children (notebook kernels, commands), so the two share the cores instead of fighting over them
+    THREADS = max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "2")))
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    import torch
+    torch.set_num_threads(THREADS)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> str:

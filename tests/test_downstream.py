@@ -32,16 +32,18 @@ def test_local_task_items_are_deterministic_and_inferable(data_dir):
 @pytest.mark.slow
 def test_dense_beats_uniform_70_magnitude_on_the_local_task(data_dir):
     extra_or_skip(import_lm_eval)
-    from evoprune import models
+    from evoprune import models, perplexity
     from evoprune.downstream import accuracy_rows
     from evoprune.pruning import Pruner
     loaded = models.load_model("smollm2-135m")
     pruner = Pruner(loaded.model)
+    before = perplexity.forward_tokens().get("float32", 0)
     rows = accuracy_rows(loaded.model, loaded.tokenizer, pruner, {"dense": 0.0, "uniform 70%": 0.7},
                          ["wikitext_lastword"], LIMIT, data=data_dir)
     accuracy = {row["name"]: row["accuracy"] for row in rows}
     print(accuracy)
     assert [row["n"] for row in rows] == [LIMIT, LIMIT]
+    assert perplexity.forward_tokens()["float32"] - before >= 2 * LIMIT * 10  # the harness's forwards are counted
     assert accuracy["dense"] >= 0.25 and accuracy["dense"] > accuracy["uniform 70%"] + 0.2
     assert pruner.removed == [0] * len(pruner.removed)  # restored
 

@@ -118,6 +118,18 @@ def accuracy_of(metrics: dict) -> float:
     raise EvopruneError(f"the task reports no accuracy (metrics: {', '.join(metrics)}).")
 
 
+def count_input(dtype: str):
+    """A forward pre-hook adding the harness's input tokens (padding included: they are run) to the process's
+    forward-token count, so a notebook's tokens cover its downstream scoring too."""
+    from evoprune.perplexity import count_forward, get_dtype
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            count_forward(get_dtype(dtype), ids.numel())
+    return hook
+
+
 def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,
              data: str | None = None, dtype: str = "float32") -> dict:
     """{task: {"accuracy", "n", "metrics"}} of the in-memory ``model`` as it is now (pruned or not). ``limit``:
@@ -129,9 +141,13 @@ def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, batch
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     autocast = None if dtype == "float32" else dtype
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, mixed_precision_dtype=autocast)
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager, bootstrap_iters=0,
-                                  log_samples=False, random_seed=None, numpy_random_seed=None,
-                                  torch_random_seed=None)  # zero-shot scoring draws nothing: global RNGs left alone
+    counting = model.register_forward_pre_hook(count_input(dtype), with_kwargs=True)
+    try:
+        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
+                                      bootstrap_iters=0, log_samples=False, random_seed=None, numpy_random_seed=None,
+                                      torch_random_seed=None)  # zero-shot scoring draws nothing: RNGs left alone
+    finally:
+        counting.remove()
     return {task: {"accuracy": accuracy_of(out["results"][task]), "n": out["n-samples"][task]["effective"],
                    "metrics": {k: v for k, v in out["results"][task].items() if "," in k and isinstance(v, float)}}
             for task in tasks}
