@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from evoprune.results import (REPORTED_DTYPE, ReportPaths, portable_data, proven
                               record_tokens, write_json, write_table)
 from evoprune.search import GENES, RESULT, Settings, finished_result, genome_key, optimize
 from evoprune.session import Session
+
+_read_back: Counter = Counter()  # finished searches this process read back instead of running (``finish``)
 
 
 def open_session(model: str, data: str | None, paths: ReportPaths) -> Session:
@@ -46,7 +49,7 @@ def finish(paths: ReportPaths, notebook: str, session: Session) -> None:
     """A notebook's last cell: its forward tokens by dtype, and what it read back from an earlier run instead of
     computing (measurements, finished searches), go to ``timings.json`` (the runner adds its wall time)."""
     record_tokens(paths, notebook, perplexity.forward_tokens(),
-                  {"measurements": session.log.reused, "searches": session.searches_read_back})
+                  {"measurements": session.log.reused, "searches": _read_back["searches"]})
 
 
 # --- 01: dense baseline and per-block sensitivity ------------------------------------------------------------
@@ -260,7 +263,7 @@ def run_search(session: Session, settings: Settings, out, progress: bool = True,
     done = finished_result(out, config)
     if done is not None:
         print(f"{out / RESULT} already holds this search (same config): not recomputed.", file=sys.stderr)
-        session.searches_read_back += 1
+        _read_back["searches"] += 1
         return done
     if session.data != HUB:
         for split in (settings.fitness_split, "test"):

@@ -29,7 +29,6 @@ class Session:
         self.data = resolve_data(data)
         self.loaded = models.load_model(model)  # float32; other dtypes are copies (``model_in``)
         self.log = MeasurementLog(log)
-        self.searches_read_back = 0  # finished searches read from their result.json instead of run
         self._tokens: dict[str, Tokens] = {}
         self._pruners: dict[tuple, Pruner] = {}
         self._copies: dict[str, torch.nn.Module] = {}
