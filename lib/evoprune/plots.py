@@ -123,7 +123,7 @@ def layer_profile(ga_genomes: dict[str, list[float] | list[list[float]]], unifor
     if uniform is not None:
         ax.axhline(uniform * 100, color="tab:blue", ls=":", label=f"uniform {uniform:.0%}")
     ax.set(xlabel="block", ylabel="pruning rate (%)", title="Layer-wise pruning profile")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8)  # below: the ends matter
     return fig
 
 
