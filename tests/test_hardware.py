@@ -79,8 +79,11 @@ def test_cuda_decides_without_probe(monkeypatch, tmp_path):
     monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(hardware.torch.cuda, "get_device_name", lambda i=0: "Fake GPU")
     probe = counting(SLOW_BF16)
-    for supported, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(hardware.torch.cuda, "is_bf16_supported", lambda s=supported: s)
+    # (native, emulated) support: bf16 only where the GPU runs it natively
+    for (native, emulated), expected in (((True, True), "bfloat16"), ((False, False), "float32"),
+                                         ((False, True), "float32")):
+        monkeypatch.setattr(hardware.torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, n=native, e=emulated: e if including_emulation else n)
         assert hardware.resolve_dtype("auto", probe, tmp_path / "p.json") == expected
     assert not probe.calls
 

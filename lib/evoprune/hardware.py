@@ -1,7 +1,7 @@
 """Choosing the fitness dtype from the hardware it runs on.
 
-``resolve_dtype("auto")`` picks bfloat16 only where it is fast: a CUDA device that supports it, or a CPU on which
-a short matmul probe (``probe_matmul``, well under a second even where bf16 is emulated) runs bfloat16 at least
+``resolve_dtype("auto")`` picks bfloat16 only where it is fast: a CUDA device that supports it natively, or a CPU on
+which a short matmul probe (``probe_matmul``, well under a second even where bf16 is emulated) runs bfloat16 at least
 ``BF16_SPEEDUP`` x the float32 GFLOP/s (native bf16 instructions such as AVX512_BF16 or AMX; elsewhere bf16 is
 emulated and far slower than float32).
 The probe's figures are cached per machine and thread count in ``data/cache/hardware_probe_<threads>t.json``,
@@ -103,7 +103,7 @@ def cached_probe(probe: Callable[[], dict] = probe_matmul, path: Path | None = N
 
 def resolve_dtype(name: str, probe: Callable[[], dict] | None = None, path: Path | None = None) -> str:
     """The fitness dtype for a requested name: float32 and bfloat16 as they are; ``auto``: bfloat16 on a CUDA
-    device that supports it or on a CPU where the probe finds it ``BF16_SPEEDUP`` x faster, else float32.
+    device that supports it natively or on a CPU where the probe finds it ``BF16_SPEEDUP`` x faster, else float32.
     ``probe`` replaces ``probe_matmul`` (tests). The decision is printed once per process, to stderr."""
     global _last
     if name not in CHOICES:
@@ -113,7 +113,8 @@ def resolve_dtype(name: str, probe: Callable[[], dict] | None = None, path: Path
         get_dtype(name)
         dtype = name
     elif here["cuda"] is not None:
-        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        # native bf16 only: torch also reports bf16 as supported where it emulates it (pre-Ampere GPUs), slowly
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
     else:
         figures = cached_probe(probe or probe_matmul, path)
         fast = figures["bfloat16_gflops"] >= BF16_SPEEDUP * figures["float32_gflops"]

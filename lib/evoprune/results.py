@@ -26,8 +26,9 @@ PROTOCOLS = {
 }
 PACKAGES = ("torch", "transformers", "numpy", "evoprune")
 STUDY_PUBLISHED = ROOT / "data" / "study_published.json"
-# the modules whose code, with the weights, data and settings in a measurement's key, decides the number
-MEASURING_CODE = ("models.py", "data.py", "pruning.py", "perplexity.py", "prefix.py", "session.py", "hardware.py")
+# the modules whose code, with the weights, data and settings in a measurement's key (the dtype already resolved),
+# decides the number
+MEASURING_CODE = ("models.py", "data.py", "pruning.py", "perplexity.py", "prefix.py", "session.py")
 
 
 def git_commit() -> str:
