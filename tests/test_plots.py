@@ -67,7 +67,8 @@ def test_layer_profile_draws_the_seeds_mean_and_band():
 def test_figure1_draws_a_search_over_seeds_as_one_star_with_its_range():
     uniform = [{"sparsity": s, "test_ppl": 10 + 100 * s, "study_ppl": 11 + 100 * s} for s in (0.0, 0.45)]
     row = {"block_sparsity": 0.45, "study_ppl": 50.0}
-    groups = {"race (3 seeds)": [{**row, "test_ppl": p} for p in (40.0, 45.0, 56.0)], "race-kl": [{**row, "test_ppl": 47.0}]}
+    groups = {"race (3 seeds)": [{**row, "test_ppl": p} for p in (40.0, 45.0, 56.0)],
+              "race-kl": [{**row, "test_ppl": 47.0}]}
     ax = plots.figure1(uniform, groups).axes[0]
     stars = {c.get_label(): c for c in ax.containers}
     seeds = stars["GA race (3 seeds), primary protocol, mean and range"]
@@ -90,3 +91,13 @@ def test_convergence_puts_races_on_their_paired_progress_and_seeds_in_one_colour
     assert list(lines["s1"].get_ydata()) == [1.0, 0.8]
     assert lines["s0"].get_color() == lines["s1"].get_color() != lines["kl"].get_color()
     assert lines["s0"].get_linestyle() != lines["s1"].get_linestyle()
+
+
+def test_figure1_zooms_in_on_the_searches():
+    uniform = [{"sparsity": s, "test_ppl": 10 + 1000 * s ** 3, "study_ppl": 11 + 1000 * s ** 3}
+               for s in (0.0, 0.45, 0.9)]
+    groups = {"race": [{"block_sparsity": 0.45, "test_ppl": 80.0, "study_ppl": 90.0}]}
+    zoom = plots.figure1(uniform, groups).axes[1]
+    low, high = zoom.get_xlim()
+    assert 40 < low < 45 < high < 50  # the searches' sparsity, not the whole sweep
+    assert zoom.get_ylim()[0] < 80 and zoom.get_ylim()[1] > 10 + 1000 * 0.45 ** 3

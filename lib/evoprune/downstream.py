@@ -122,11 +122,12 @@ def count_input(dtype: str):
     """A forward pre-hook adding the harness's input tokens (padding included: they are run) to the process's
     forward-token count, so a notebook's tokens cover its downstream scoring too."""
     from evoprune.perplexity import count_forward, get_dtype
+    torch_dtype = get_dtype(dtype)
 
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None:
-            count_forward(get_dtype(dtype), ids.numel())
+            count_forward(torch_dtype, ids.numel())
     return hook
 
 

@@ -447,13 +447,13 @@ def race_parents(state: dict) -> list[dict]:
     """Per generation of a race, from its checkpoint: the last stage's fresh ``sample``, the parent scored on it
     ``before`` and ``after`` the generation (a paired comparison: equal when the parent stayed), and the forward
     tokens spent by then. The checkpoint's cache holds every (genome, sample) scored."""
-    config, last = state["config"], state["config"]["stages"] - 1
+    s = Settings.from_dict(state["config"])
     scored: dict[tuple, dict] = {}
-    for genome, (draw, n), value in state["cache"]:
-        scored.setdefault((tuple(draw), n), {})[tuple(genome)] = value
+    for genome, sample, value in state["cache"]:
+        scored.setdefault(as_sample(sample), {})[tuple(genome)] = value
     rows, parent = [], None
     for entry in state["history"]:
-        sample = next(key for key in scored if key[0] == (config["seed"], entry["generation"], last))
+        sample = fresh_sample(s.seed, entry["generation"], s.stages - 1, s.stage_windows[-1])
         scores = scored[sample]
         winner = min(scores, key=scores.get)
         rows.append({"generation": entry["generation"], "sample": sample, "forward_tokens": entry["forward_tokens"],
