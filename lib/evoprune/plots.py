@@ -94,7 +94,7 @@ def convergence(histories: dict[str, list[dict]], progress: dict[str, list[dict]
             ax.plot([r["forward_tokens"] for r in rows], [r["relative"] for r in rows],
                     styles[seeds.index(run) % len(styles)], color=colors[group], label=run)
         ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
-        ax.set(xlabel="forward tokens", ylabel="parent's fitness / its start (paired; PPL, or KL for KL races)",
+        ax.set(xlabel="forward tokens", ylabel="parent's fitness (PPL or KL) / its start, paired",
                title="Races: progress on paired fresh samples")
     for ax in fig.axes:
         ax.grid(True, alpha=0.3)
