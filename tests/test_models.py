@@ -1,7 +1,11 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from evoprune import EvopruneError, models
+from evoprune import EvopruneError, models, private_tmp
 from evoprune.models import load_model, parameter_counts, tiny_gpt2
 
 
@@ -70,3 +74,14 @@ def test_blocked_attention_leaves_masked_input_to_sdpa():
     expected, _ = sdpa_attention_forward(GroupedAttention(), q, k, v, mask)
     got, _ = models.blocked_causal_attention(GroupedAttention(), q, k, v, mask)
     assert torch.equal(got, expected)
+
+
+def test_each_process_writes_cache_files_under_its_own_scratch_name():
+    # pytest workers and worker pools fill one cache at once: a shared scratch name let one process
+    # rename another's half-written file away (the CI failure of stop 22)
+    target = Path("data/cache/tokens/t.pt")
+    child = subprocess.run([sys.executable, "-c", "from pathlib import Path; from evoprune import private_tmp;"
+                            f"print(private_tmp(Path('{target}')))"], capture_output=True, text=True, check=True)
+    mine = private_tmp(target)
+    assert mine.parent == target.parent and mine != target
+    assert Path(child.stdout.strip()) != mine

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from evoprune import EvopruneError
+from evoprune import EvopruneError, private_tmp
 from evoprune.models import CACHE_DIR, hub_reachable, tokenizer_fingerprint
 
 HUB = "wikitext2"
@@ -116,9 +116,9 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
         return torch.load(cache)
     ids = torch.as_tensor(tokenizer(text, return_tensors="pt")["input_ids"][0], dtype=torch.long)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = private_tmp(cache)
     torch.save(ids, tmp)
-    tmp.rename(cache)
+    os.replace(tmp, cache)
     return ids
 
 

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import importlib.util
 import os
+import shutil
 import socket
 import statistics
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evoprune import EvopruneError
+from evoprune import EvopruneError, private_tmp
 
 SMOLLM2 = "smollm2-135m"
 TINY_GPT2 = "tiny-gpt2"
@@ -240,10 +241,13 @@ def _load_smollm2(dtype: torch.dtype) -> LoadedModel:
     if not (cached / "config.json").exists():
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tmp = cached.with_name(cached.name + ".tmp")
+        tmp = private_tmp(cached)
         plain_weights(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.rename(cached)
+        try:
+            tmp.rename(cached)
+        except OSError:  # another process finished its copy first: keep that one
+            shutil.rmtree(tmp)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(cached)
     return LoadedModel(model.eval(), tokenizer, SMOLLM2, f"gguf-sha256:{digest}")

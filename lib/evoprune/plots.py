@@ -7,6 +7,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from evoprune import private_tmp
+
 PROTOCOL_STYLES = {"test_ppl": ("primary protocol", "-o"), "study_ppl": ("study protocol", "--s")}
 # one colour per search, in the order the runs come; a search run over several seeds is one search (one colour)
 SEARCH_COLORS = ("tab:orange", "tab:purple", "tab:brown", "tab:green", "tab:pink", "tab:cyan")
@@ -31,7 +33,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
     """Write a PNG atomically: a reader never sees a half-written image."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = private_tmp(path)
     fig.savefig(tmp, format="png", dpi=dpi)
     os.replace(tmp, path)
     return path

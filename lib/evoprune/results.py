@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from evoprune import EvopruneError
+from evoprune import EvopruneError, private_tmp
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORTED_DTYPE = "float32"  # every reported (test) perplexity of the study
@@ -122,7 +122,7 @@ def write_text(path: str | Path, text: str) -> Path:
     """Write text atomically: a reader sees the old file or the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: worker processes may write at once
+    tmp = private_tmp(path)
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
