@@ -152,6 +152,9 @@ def test_bfloat16_twin_prunes_the_same_weights(build):
     assert twin is not pruner and all(m.weight.dtype == torch.bfloat16 for m in twin.matrices)
     assert next(model.parameters()).dtype == torch.float32  # the original is left as it was
     assert pruner.in_dtype(torch.float32) is pruner and twin.in_dtype(torch.bfloat16) is twin
+    matrices = {id(m.weight) for m in twin.matrices}  # what is never pruned is shared, not copied
+    shared = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    assert all((id(t) in shared) != (id(t) in matrices) for t in [*twin.model.parameters(), *twin.model.buffers()])
     genome = [0.1 * (b % 7) for b in range(pruner.n_genes)]
     for rates in (genome, list(reversed(genome)), 0.0):  # prune, move, and restore through the twin
         pruner.apply(rates)

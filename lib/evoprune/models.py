@@ -147,19 +147,25 @@ def blocked_causal_attention(module, query, key, value, attention_mask, dropout=
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     kv_heads = key.shape[1]
+    group = heads // kv_heads
     scale = dim ** -0.5 if scaling is None else scaling
-    q = (query * scale).view(batch, kv_heads, heads // kv_heads, length, dim)  # query heads grouped by KV head
+    # queries as (B, KV, T, G, D): a block's queries of one KV head form one (rows x G) x D matrix, so each block
+    # is one batched matmul per KV head, with no key copies for the G query heads that share them
+    q = (query * scale).view(batch, kv_heads, group, length, dim).transpose(2, 3).contiguous()
     key = (key.float() - key.float().mean(2, keepdim=True)).to(query.dtype)
-    keys_t, values = key.unsqueeze(2).transpose(-1, -2), value.unsqueeze(2)
-    out = query.new_empty(batch, length, kv_heads, heads // kv_heads, dim)  # the (B, T, H, D) result
-    future = torch.ones(ATTENTION_ROWS, ATTENTION_ROWS, dtype=torch.bool, device=query.device).triu_(1)
+    keys_t = key.transpose(-1, -2)
+    out = query.new_empty(batch, length, kv_heads, group, dim)  # the (B, T, H, D) result
+    future = torch.ones(ATTENTION_ROWS, ATTENTION_ROWS, dtype=torch.bool, device=query.device).triu_(1)[:, None]
     with torch.autocast(query.device.type, enabled=False):
         for start in range(0, length, ATTENTION_ROWS):
             end = min(start + ATTENTION_ROWS, length)
-            scores = torch.matmul(q[..., start:end, :], keys_t[..., :end])
-            # only the block's own keys (the last end - start columns) can lie in a query's future
-            scores[..., start:].masked_fill_(future[: end - start, : end - start], float("-inf"))
-            out[:, start:end] = torch.matmul(scores.softmax(-1), values[..., :end, :]).permute(0, 3, 1, 2, 4)
+            rows = end - start
+            scores = torch.matmul(q[:, :, start:end].reshape(batch, kv_heads, rows * group, dim), keys_t[..., :end])
+            # only the block's own keys (the last ``rows`` columns) can lie in a query's future
+            scores.view(batch, kv_heads, rows, group, end)[..., start:].masked_fill_(
+                future[:rows, :, :rows], float("-inf"))
+            mixed = torch.matmul(scores.softmax(-1), value[:, :, :end])  # (B, KV, rows x G, D)
+            out[:, start:end] = mixed.view(batch, kv_heads, rows, group, dim).transpose(1, 2)
     return out.view(batch, length, heads, dim), None
 
 
@@ -195,11 +201,14 @@ def run_fast_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def copy_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy of ``model`` whose prunable block matrices are stored in ``dtype``, set up by ``run_fast_in``."""
-    twin = run_fast_in(copy.deepcopy(model), dtype)
-    for m in prunable_matrices(twin):
-        m.weight.data = m.weight.data.to(dtype)
-    return twin
+    """A copy of ``model`` whose prunable block matrices are stored in ``dtype``, set up by ``run_fast_in``. Every
+    other tensor (embeddings and LM head, norms, biases, buffers) is never pruned, so the copy shares it with
+    ``model`` instead of holding its own (SmolLM2: 113 MB of embeddings), and the float32 matrices are converted
+    one by one, never copied whole."""
+    prunable = {id(m.weight) for m in prunable_matrices(model)}
+    memo = {id(t): nn.Parameter(t.data.to(dtype), t.requires_grad) if id(t) in prunable else t
+            for t in [*model.parameters(), *model.buffers()]}
+    return run_fast_in(copy.deepcopy(model, memo), dtype)
 
 
 # --- loading -----------------------------------------------------------------------------
