@@ -27,7 +27,7 @@ tensors never exceed ``max_bytes``. A genome that reused a prefix counts as used
 children never push out the parent they reused; a child that reused nothing (its first stored boundary changed)
 may, when only one genome fits. ``scoring_order`` gives the order that needs the fewest block forwards, reached
 with room for two genomes. ``MAX_BYTES`` is sized for a
-SmolLM2 search process that already holds ~2.5 GB (float32 model, pruner, bfloat16 copy): one genome of 4
+SmolLM2 search process that already holds ~2.0 GB (float32 model, pruner, bfloat16 copy): one genome of 4
 windows, four of 1 window.
 """
 from __future__ import annotations
