@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from evoprune import EvopruneError, private_tmp
+from evoprune import EvopruneError, write_atomically
 from evoprune.models import CACHE_DIR, hub_reachable, tokenizer_fingerprint
 
 HUB = "wikitext2"
@@ -115,10 +115,7 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     if cache.exists():
         return torch.load(cache)
     ids = torch.as_tensor(tokenizer(text, return_tensors="pt")["input_ids"][0], dtype=torch.long)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = private_tmp(cache)
-    torch.save(ids, tmp)
-    os.replace(tmp, cache)
+    write_atomically(cache, lambda tmp: torch.save(ids, tmp))
     return ids
 
 

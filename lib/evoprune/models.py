@@ -256,6 +256,8 @@ def _load_smollm2(dtype: torch.dtype) -> LoadedModel:
         try:
             tmp.rename(cached)
         except OSError:  # another process finished its copy first: keep that one
+            if not (cached / "config.json").exists():
+                raise
             shutil.rmtree(tmp)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(cached)

@@ -2,12 +2,11 @@
 plotting works headless and leaves no global figure state; ``save_figure`` writes it as a PNG."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from evoprune import private_tmp
+from evoprune import write_atomically
 
 PROTOCOL_STYLES = {"test_ppl": ("primary protocol", "-o"), "study_ppl": ("study protocol", "--s")}
 # one colour per search, in the order the runs come; a search run over several seeds is one search (one colour)
@@ -31,12 +30,7 @@ def search_colors(names) -> dict[str, str]:
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
     """Write a PNG atomically: a reader never sees a half-written image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = private_tmp(path)
-    fig.savefig(tmp, format="png", dpi=dpi)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def _plot_uniform(ax, rows: list[dict], label_prefix: str = "uniform") -> None:

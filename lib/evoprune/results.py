@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from evoprune import EvopruneError, private_tmp
+from evoprune import EvopruneError, write_atomically
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORTED_DTYPE = "float32"  # every reported (test) perplexity of the study
@@ -120,12 +120,7 @@ class MeasurementLog:
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write text atomically: a reader sees the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = private_tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: str | Path, obj) -> Path:
