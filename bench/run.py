@@ -192,7 +192,7 @@ def main() -> None:
     print("forward time with blocks removed / whole model: "
           + ", ".join(f"{k} removed {v:.3f}" for k, v in latency.items()))
     w = figures["workers"]
-    print(f"one generation's {w['children']} children: 1 process x 2 threads {w['serial_1x2_s']:.2f} s, 2 processes x "
+    print(f"one race generation ({w['children']} children): 1 process x 2 threads {w['serial_1x2_s']:.2f} s, 2 processes x "
           f"1 thread {w['process_2x1_s']:.2f} s (gain {w['process_ratio'] - 1:.0%}; search --workers uses processes "
           f"only when asked)" + (f", 2 Ray actors {w['ray_2x1_s']:.2f} s" if "ray_2x1_s" in w else ""))
     for key, target in TARGETS.items():

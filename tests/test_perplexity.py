@@ -112,3 +112,12 @@ def test_tiled_head_loss_equals_whole_row_cross_entropy(monkeypatch, dtype):
                            for start, logits in perplexity.chunk_logits(model, hidden, dtype)])
     assert tiled.shape == whole.shape == (3 * 39,)
     assert torch.allclose(tiled, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_final_hidden_states_hold_no_autograd_graph_even_outside_inference_mode():
+    """KL's dense reference is kept across a generation's stages: with a graph, each sample held every block's
+    activations (GBs on SmolLM2)."""
+    model = tiny_gpt2().model
+    assert any(p.requires_grad for p in model.parameters())
+    hidden = perplexity.final_hidden(model, random_ids(64).view(2, 32), torch.float32)
+    assert hidden.shape == (2, 31, model.config.n_embd) and not hidden.requires_grad and hidden.grad_fn is None

@@ -388,6 +388,32 @@ def test_race_reaches_the_known_optimum_through_the_noise():
     assert true < 0.1 * float(np.mean((0.5 - OPTIMUM) ** 2))  # a tenth of where uniform starts
 
 
+def test_race_step_grows_while_children_win_and_shrinks_when_they_stop():
+    from evoprune.search import Race
+    race = Race(config("race", step=0.05), EQUAL)
+    race.adapt_step(True)
+    for _ in range(4):
+        race.adapt_step(False)
+    assert race.step == pytest.approx(0.05)  # one success in five: the step holds (the 1/5 rule)
+    for _ in range(10):
+        race.adapt_step(True)
+    assert race.step == pytest.approx(0.2)  # at most 4x the configured step
+    for _ in range(100):
+        race.adapt_step(False)
+    assert race.step == pytest.approx(0.0125)  # at least a quarter of it
+    fixed = Race(config("race", step=0.05, step_rule="fixed"), EQUAL)
+    for success in (True, False, True):
+        fixed.adapt_step(success)
+    assert fixed.step == 0.05
+
+
+def test_race_moves_grow_on_a_slope_and_the_checkpoint_keeps_them(tmp_path):
+    bowl = Bowl(EQUAL)  # noiseless, uniform far from the optimum: every early generation succeeds
+    search = optimize(bowl, EQUAL, config("race", offspring=4, generations=4, step=0.025), tmp_path)
+    assert search.strategy.step == pytest.approx(0.025 * 1.5 ** 3)
+    assert json.loads((tmp_path / CHECKPOINT).read_text())["step"] == search.strategy.step
+
+
 def test_race_starts_from_the_best_rule_each_exactly_at_the_target():
     rules = {"OWL": [0.45, 0.65] * 4, "sensitivity": [0.3, 0.7, 0.45, 0.55, 0.6, 0.4, 0.35, 0.66]}  # last: off
     bowl = Bowl(UNEQUAL)

@@ -90,8 +90,11 @@ NLL_TILE = (1024, 2048)  # positions x vocabulary entries per LM-head tile of th
                          # near the matmul peak, where a long thin 128 x 49152 one does not in float32
 
 
+@torch.inference_mode()
 def final_hidden(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Final hidden states of positions 0..L-2 (those that predict a next token): shape (B, L-1, d)."""
+    """Final hidden states of positions 0..L-2 (those that predict a next token): shape (B, L-1, d). Inference
+    mode here too, not only in its callers: KL's dense reference, kept across a generation's stages, would
+    otherwise hold the autograd graph of every block (GBs per sample)."""
     count_forward(dtype, batch.numel())
     with autocast(model, dtype):
         return model.base_model(input_ids=batch.to(model.device)).last_hidden_state[:, :-1]

@@ -583,8 +583,9 @@ def budget_words(cfg: dict | None) -> str:
         stages = ", ".join(str(cfg.get("low_windows", 1) * 2 ** k) for k in range(cfg.get("stages", 3)))
         limit = (f"{cfg['budget_tokens']:,} forward tokens" if cfg.get("budget_tokens")
                  else f"{cfg.get('generations')} generations")
+        steps = f"moves of {cfg['step']:g} ({cfg.get('step_rule', 'fixed')} step), " if "step" in cfg else ""
         return (f"the `race` strategy, (1 + {cfg.get('offspring', 16)}) on fresh samples of {stages} windows of "
-                f"{cfg.get('seq_len', 1024)} tokens, {limit}")
+                f"{cfg.get('seq_len', 1024)} tokens, {steps}{limit}")
     parts = [f"{key} {cfg[key]}" for key in ("population", "generations", "fitness_windows") if key in cfg]
     return f"the `{strategy}` strategy, " + ", ".join(parts)
 
@@ -676,6 +677,9 @@ def bench_section(bench: dict) -> str:
     hardware = bench["provenance"]["hardware"]
     latency = ", ".join(f"{r['removed']} blocks removed {r['ratio']:.2f}" for r in figures["latency"]["rows"][1:])
     w = figures["workers"]
+    scored = (f"One race generation ({w['children']} children raced on fresh samples of "
+              f"{', '.join(map(str, w['stage_windows']))} windows of {w['seq_len']} tokens, then the parent)"
+              if "stage_windows" in w else f"One generation's {w['children']} children")
     return f"""{BENCH_BEGIN}
 <!-- generated from reports/bench.json by `make readme`; edit report.bench_section, not this -->
 `make bench` at commit `{bench['provenance']['git_commit'][:12]}` on {hardware['cpu']} ({hardware['cores']} cores,
@@ -686,7 +690,7 @@ GFLOP/s fp32):
 {markdown_table(rows)}
 Search cost ("the main search needed"): {how}.
 Forward time of SmolLM2 with blocks removed, over the whole model (medians of interleaved rounds): {latency}.
-One generation's {w['children']} children in {w['dtype']} on 2 processes x 1 thread against 1 process x 2 threads:
+{scored} in {w['dtype']} on 2 processes x 1 thread against 1 process x 2 threads:
 {w['serial_1x2_s'] / w['process_2x1_s']:.2f}x as fast, {'the same' if w['process_identical'] else '**different**'}
 values (the search uses one process unless `--workers` says otherwise).
 {BENCH_END}"""

@@ -1,7 +1,7 @@
 """The optimizer: evolutionary search for per-gene pruning rates on any objective. No torch, no model, no data.
 
 An objective is ``f(genome, n_windows) -> float`` (lower is better); one with a ``map(genomes, n_windows)`` method
-scores a batch at once (``workers.open_pool`` spreads a batch over processes or Ray actors). Two strategies share
+scores a batch at once (``workers.open_pool`` spreads a batch over processes or Ray actors). Three strategies share
 one generation loop (``Search``):
 
 * ``published`` replays the published GA: random genes in U(0.40, 0.60); each generation keeps the best half
@@ -11,6 +11,9 @@ one generation loop (``Search``):
 * ``elitist`` searches only genomes at exactly the target parameter-weighted sparsity (rate-moving mutations,
   projection after crossover), caches fitness, screens children on fewer windows, and keeps the best of parents
   and children ((mu + lambda) elitism).
+* ``race`` (EvoPress-style (1 + lambda)) starts from the best of uniform and the rule allocations, races each
+  generation's children through stages of fresh samples, and adapts the rate its moves shift to how often a
+  generation's best child beats the parent (``Race``).
 
 Generation 0 is the initial population and counts towards ``generations``. After every generation the state goes
 to ``<out>/checkpoint.json`` and ``<out>/history.csv``; rerunning the same search resumes from there.
@@ -32,6 +35,7 @@ from evoprune.results import read_json, write_csv, write_json
 STRATEGIES = ("published", "elitist", "race")
 FITNESS_KINDS = ("ppl", "kl")
 CROSSOVERS = ("uniform", "blend", "none")
+STEP_RULES = ("adaptive", "fixed")
 GENES = {"block": 1, "group": 2}
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -44,6 +48,10 @@ INIT_MOVES_PER_GENE = 4  # random rate moves that spread an initial individual a
 UNIQUE_TRIES = 20        # attempts at a child that is not already in the population
 MOVE_TRIES = 50          # attempts at a gene pair that can give and take one step
 EPS = 1e-12
+STEP_GROWTH = 1.5  # race: the step grows by this after a generation whose child beat the parent and shrinks by its
+                   # fourth root after one whose did not (the 1/5 success rule: a step holds where one generation in
+                   # five succeeds), within STEP_RANGE times the configured step
+STEP_RANGE = (0.25, 4.0)
 KEY_DECIMALS = 9
 
 CHECKPOINT, RESULT, HISTORY = "checkpoint.json", "result.json", "history.csv"
@@ -94,7 +102,10 @@ class Settings:
     tolerance: float | None = option("penalty below target - tolerance", ("published",), published=0.05)
     offspring: int | None = option("children per generation (elitist default: population)", OWN, race=16)
     crossover: str | None = option("uniform, blend or none", ("elitist",), elitist="uniform")
-    step: float | None = option("rate moved per mutation step", OWN, elitist=0.025, race=0.025)
+    step: float | None = option("rate moved per mutation step (race: the first generation's)", OWN, elitist=0.025,
+                                race=0.05)
+    step_rule: str | None = option("adaptive (the step grows while children beat the parent and shrinks when they "
+                                   "stop: the 1/5 success rule) or fixed", ("race",), race="adaptive")
     max_moves: int | None = option("a mutation makes 1..max-moves steps", OWN, elitist=3, race=3)
     g_max: float | None = option("largest rate of a gene", OWN, elitist=0.9, race=0.9)
     low_windows: int | None = option("windows of the first, cheap scoring of children (race: of the first stage; "
@@ -157,7 +168,7 @@ class Settings:
         if self.generations < 1:
             raise EvopruneError("--generations must be at least 1 (generation 0 is the initial population).")
         choices = {"fitness": FITNESS_KINDS, "genes": tuple(GENES), "fitness_split": ("validation", "test"),
-                   "dtype": DTYPES, "test_dtype": DTYPES[1:], "crossover": CROSSOVERS}
+                   "dtype": DTYPES, "test_dtype": DTYPES[1:], "crossover": CROSSOVERS, "step_rule": STEP_RULES}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
@@ -389,13 +400,15 @@ class Race:
     of 1..``max_moves`` rate moves from the parent and races them through ``stages`` fresh samples of
     ``low_windows`` x 2^stage windows, keeping ``promote`` (halved after each later stage, at least 1); the last
     stage's best meets the parent re-scored on that same sample (a paired comparison) and replaces it if better.
-    No sample is seen twice, so no fixed windows can be overfit."""
+    No sample is seen twice, so no fixed windows can be overfit. The rate a move shifts adapts to how often
+    generations succeed (``adapt_step``)."""
     cache = True
 
     def __init__(self, settings: Settings, sizes: Sequence[int], rules: dict[str, list] | None = None):
         self.settings, self.sizes = settings, sizes
         self.rules = {"uniform": [settings.target] * len(sizes), **(rules or {})}
         self.start: dict[str, float] = {}  # each rule's fitness on generation 0's sample
+        self.step = settings.step  # of the next generation's moves
 
     def initial(self, search: "Search") -> tuple[list, list]:
         """Every rule allocation, projected onto the exact target, scored on one sample of the last stage's size;
@@ -416,7 +429,7 @@ class Race:
             if len(children) == s.offspring:
                 break
             moves = int(rng.integers(1, s.max_moves + 1))
-            child = project(move_rates(parent, self.sizes, rng, s.step, moves, s.g_max), self.sizes, s.target,
+            child = project(move_rates(parent, self.sizes, rng, self.step, moves, s.g_max), self.sizes, s.target,
                             s.g_max)
             if genome_key(child) not in seen:
                 seen.add(genome_key(child))
@@ -434,10 +447,19 @@ class Race:
             order = np.argsort(scores, kind="stable")[:keep]
             alive, scores = [alive[i] for i in order], [scores[i] for i in order]
         parent_score = search.evaluator.many([parent], sample)[0]
+        self.adapt_step(scores[0] < parent_score)
         if scores[0] < parent_score:
             search.note_best(scores[0], None, force=True)
             return alive[:1], scores[:1]
         return [parent], [parent_score]
+
+    def adapt_step(self, success: bool) -> None:
+        """Rechenberg's 1/5 success rule: larger moves while children keep beating the parent, smaller ones when
+        they stop (near an optimum, or where the samples' noise hides small gains). ``--step-rule fixed``: none."""
+        if self.settings.step_rule == "fixed":
+            return
+        low, high = self.settings.step * STEP_RANGE[0], min(self.settings.step * STEP_RANGE[1], self.settings.g_max)
+        self.step = float(np.clip(self.step * STEP_GROWTH ** (1.0 if success else -0.25), low, high))
 
     def penalized(self, genome) -> bool:
         return False
@@ -629,7 +651,7 @@ class Search:
             "fitness": self.fitness, "rng": self.rng.bit_generator.state,
             "evaluations": self.evaluator.evaluations, "forward_tokens": self.evaluator.forward_tokens,
             "wall_s": self.wall_s, "best": self.best, "best_at": self.best_at, "history": self.history,
-            "start": getattr(self.strategy, "start", None),
+            "start": getattr(self.strategy, "start", None), "step": getattr(self.strategy, "step", None),
             "cache": [[list(genome), n, value] for (genome, n), value in self.evaluator.cache.items()]})
         write_csv(self.out / HISTORY, self.history, list(HISTORY_COLUMNS))
 
@@ -644,8 +666,9 @@ class Search:
         self.evaluator.cache = {(tuple(genome), as_sample(n)): value for genome, n, value in state["cache"]}
         self.wall_before, self.best, self.best_at = state["wall_s"], state["best"], state["best_at"]
         self.history = state["history"]
-        if state.get("start") is not None:
-            self.strategy.start = state["start"]
+        for name in ("start", "step"):  # the race's own state
+            if state.get(name) is not None:
+                setattr(self.strategy, name, state[name])
 
 
 def as_sample(saved):
