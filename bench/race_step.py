@@ -1,15 +1,17 @@
-"""How far the race gets with each step rule, judged on text no search's ranking used: the offline profile's 45%
-magnitude race (seed 0, 16 children, stages of 1, 2 and 4 fresh validation windows of 512 tokens, from the best of
-uniform, OWL and the sensitivity ranking) at two token budgets, its parent judged by perplexity on 32 fixed
+"""How far the race gets with each step rule, judged on text no search's ranking used: the offline profile's race
+(by default at 45% magnitude; seed 0, 16 children, stages of 1, 2 and 4 fresh validation windows of 512 tokens, from the best of
+uniform, OWL and the sensitivity ranking) at growing token budgets, its parent judged by perplexity on 32 fixed
 validation windows of 512 tokens (a draw that no search of seed 0-2 makes) and on the first 16 windows of
 ``python-docs`` (1024 tokens), in the dtype ``auto`` chooses; the rules judged the same way. Never the test split.
 
 Needs 01's sensitivity scan (``reports/offline/baseline.json``). Usage: python bench/race_step.py [RULE:STEP ...]
-(default: fixed:0.025 fixed:0.05 adaptive:0.05); the last line is one JSON object, also written to
-``reports/race_step.json`` with its provenance. About 5 minutes per variant on a 2-core AVX512 CPU.
+[--criterion C] [--target T] [--budgets N,N] (default: fixed:0.025 fixed:0.05 adaptive:0.05 at 45% magnitude,
+130k and 260k tokens); the last line is one JSON object, also written to ``reports/race_step-<C>-<T%>.json`` with
+its provenance. About 5 minutes per variant at 260k tokens on a 2-core AVX512 CPU.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -23,12 +25,17 @@ from evoprune.results import ROOT, provenance, report_paths, write_json
 from evoprune.search import Settings, optimize
 from evoprune.session import Session, fresh_windows
 
-BUDGETS = (130_000, 260_000)
 JUDGE_DRAW = (99, 0, 0)
 
 
 def main() -> None:
-    variants = sys.argv[1:] or ["fixed:0.025", "fixed:0.05", "adaptive:0.05"]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", default=["fixed:0.025", "fixed:0.05", "adaptive:0.05"])
+    parser.add_argument("--criterion", default="magnitude")
+    parser.add_argument("--target", type=float, default=0.45)
+    parser.add_argument("--budgets", default="130000,260000", help="token budgets, each continuing the last")
+    args = parser.parse_args()
+    budgets = [int(b) for b in args.budgets.split(",")]
     dtype = hardware.resolve_dtype("auto")
     session = Session("smollm2-135m", default_data())
     sensitivity = sensitivity_ppl(report_paths("offline"))
@@ -36,19 +43,21 @@ def main() -> None:
               PYTHON_DOCS: perplexity.windows(session.tokens(PYTHON_DOCS).ids, 1024, 16)}
 
     def judged(genome) -> dict[str, float]:
-        model = session.apply(genome, "magnitude", dtype).model
+        model = session.apply(genome, args.criterion, dtype).model
         return {text: perplexity.primary(model, wins, 4, perplexity.get_dtype(dtype)).ppl
                 for text, wins in judges.items()}
 
-    base = Settings(model="smollm2-135m", data=default_data(), target=0.45, strategy="race", seq_len=512,
-                    dtype=dtype)
+    base = Settings(model="smollm2-135m", data=default_data(), target=args.target, criterion=args.criterion,
+                    strategy="race", seq_len=512, dtype=dtype)
     rules = rule_allocations(session, base, sensitivity)
-    figures = {"dtype": dtype, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": [],
-               "rules": {name: judged(genome) for name, genome in {"uniform": [0.45] * 30, **rules}.items()}}
-    for variant in variants:
+    allocations = {"uniform": [args.target] * session.n_blocks, **rules}
+    figures = {"criterion": args.criterion, "target": args.target, "dtype": dtype, "runs": [],
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "rules": {name: judged(genome) for name, genome in allocations.items()}}
+    for variant in args.variants:
         rule, step = variant.split(":")
         with tempfile.TemporaryDirectory() as out:
-            for budget in BUDGETS:  # the larger budget continues the smaller one's search
+            for budget in budgets:  # each larger budget continues the smaller one's search
                 settings = Settings(**{**base.as_config(), "step_rule": rule, "step": float(step),
                                        "budget_tokens": budget})
                 objective = session.objective(settings)
@@ -58,8 +67,9 @@ def main() -> None:
                        **judged(search.best_genome)}
                 figures["runs"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-    command = " ".join(["python bench/race_step.py", *variants])
-    write_json(ROOT / "reports" / "race_step.json", {"figures": figures, "provenance": provenance(command=command)})
+    command = " ".join(["python", *sys.argv])
+    out = ROOT / "reports" / f"race_step-{args.criterion}-{round(args.target * 100)}.json"
+    write_json(out, {"figures": figures, "provenance": provenance(command=command)})
     print(json.dumps(figures))
 
 
