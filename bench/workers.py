@@ -4,8 +4,8 @@ when it is installed).
 
 The generation is the offline profile's race: 16 children of the uniform parent, raced on fresh
 validation samples of 1, 2 and 4 windows of 512 tokens keeping 4, then 2, then 1, and the parent re-scored on the
-last sample (``search.Race``). SmolLM2-135M in the dtype ``auto`` chooses (or the one given), magnitude pruning, KL
-off. Each setting first scores one child per worker on a sample of its own to warm up (not timed). The values must
+last sample (``search.Race``'s generation 1). SmolLM2-135M in the dtype ``auto`` chooses (or the one given),
+magnitude pruning, KL off. Generation 0 (the parent alone) warms each setting up and is not timed. The values must
 be identical across settings. Usage: python bench/workers.py [DTYPE]; the last line is one JSON object (times in
 seconds; ratio = serial time / pool time, above 1 when the pool is faster).
 """
@@ -17,54 +17,40 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 from evoprune import hardware
 from evoprune.data import default_data
-from evoprune.search import Race, Settings, fresh_sample
+from evoprune.search import Search, Settings
 from evoprune.session import Session
 from evoprune.workers import open_pool, session_objective
 
 WORKERS = 2
-WARM_UP = fresh_sample(99, 0, 0, 1)
 
 
-def generation(settings: Settings, sizes: list[int]) -> list[list[float]]:
-    """A race generation's children of the uniform parent, as the search draws them (seed 0, generation 1)."""
-    return Race(settings, sizes).offspring([settings.target] * len(sizes), np.random.default_rng(0))
+def race_generation(score, settings: Settings, sizes: list[int]) -> tuple[dict, float]:
+    """Generation 0 (the uniform parent on the last stage's sample: a warm-up) and then, timed, generation 1 of a
+    ``search.Race`` scored by ``score`` (the objective itself or a pool): every value it computed, and its time."""
+    search = Search(score, sizes, settings)
+    search.step()
+    start = time.perf_counter()
+    search.step()
+    return search.evaluator.cache, time.perf_counter() - start
 
 
-def race(score, settings: Settings, children: list[list[float]]) -> list[float]:
-    """Every value a race generation computes, in order: each stage's survivors, then the parent on the last
-    sample. ``score(genomes, sample)`` is a batch scorer (``ModelObjective.map`` or ``Pool.map``)."""
-    parent, alive, values = [settings.target] * len(children[0]), children, []
-    for stage, windows in enumerate(settings.stage_windows):
-        sample = fresh_sample(settings.seed, 1, stage, windows)
-        scores = score(alive, sample)
-        values += scores
-        keep = 1 if stage == settings.stages - 1 else max(1, settings.promote // 2 ** stage)
-        alive = [alive[i] for i in np.argsort(scores, kind="stable")[:keep]]
-    return values + score([parent], sample)
-
-
-def serial(settings: Settings, children) -> tuple[list[float], float, float]:
+def serial(settings: Settings, sizes) -> tuple[dict, float, float]:
     torch.set_num_threads(WORKERS)
     start = time.perf_counter()
     objective = session_objective(settings)
-    objective.map(children[:1], WARM_UP)
-    ready = time.perf_counter()
-    values = race(objective.map, settings, children)
-    return values, time.perf_counter() - ready, ready - start
+    setup = time.perf_counter() - start
+    return (*race_generation(objective, settings, sizes), setup)
 
 
-def pooled(settings: Settings, children, backend: str) -> tuple[list[float], float, float]:
+def pooled(settings: Settings, sizes, backend: str) -> tuple[dict, float, float]:
     start = time.perf_counter()
     with open_pool(functools.partial(session_objective, settings), WORKERS, backend, threads_per_worker=1) as pool:
-        pool.map(children[:WORKERS], WARM_UP)
-        ready = time.perf_counter()
-        values = race(pool.map, settings, children)
-        return values, time.perf_counter() - ready, ready - start
+        setup = time.perf_counter() - start
+        return (*race_generation(pool, settings, sizes), setup)
 
 
 def main() -> None:
@@ -72,9 +58,8 @@ def main() -> None:
     settings = Settings(model="smollm2-135m", data=default_data(), target=0.45, strategy="race", seq_len=512,
                         dtype=dtype)
     sizes = Session(settings.model, settings.data).pruner().gene_sizes()
-    children = generation(settings, sizes)
-    values, seconds, setup = serial(settings, children)
-    figures = {"children": len(children), "stage_windows": settings.stage_windows, "model": "smollm2-135m",
+    values, seconds, setup = serial(settings, sizes)
+    figures = {"children": settings.offspring, "stage_windows": settings.stage_windows, "model": "smollm2-135m",
                "dtype": dtype, "seq_len": settings.seq_len, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "cores": os.cpu_count(), "load_average": os.getloadavg()[0], "serial_1x2_s": seconds,
                "serial_setup_s": setup}
@@ -85,7 +70,7 @@ def main() -> None:
     except ImportError:
         print("ray is not installed: the ray backend is skipped", file=sys.stderr)
     for backend in backends:
-        pool_values, pool_s, pool_setup = pooled(settings, children, backend)
+        pool_values, pool_s, pool_setup = pooled(settings, sizes, backend)
         figures |= {f"{backend}_2x1_s": pool_s, f"{backend}_setup_s": pool_setup,
                     f"{backend}_ratio": seconds / pool_s, f"{backend}_identical": pool_values == values}
         print(f"{backend}: {pool_s:.2f} s for a race generation on 2 x 1 thread, {seconds:.2f} s on 1 x 2 threads "
