@@ -24,9 +24,10 @@
 # windows, as notebooks 01 and 02 measure, and on a second held-out text.
 #
 # Beyond the study: a search at every target and criterion of 02's allocation sweep, all with one smaller budget
-# and strategy (`method_budget`), measured like the allocations (`method_dtype`, `method_windows` test windows); the
-# DEAP-style GA over sets of exactly `removal["k"]` removed blocks; and an export of the best Wanda genome and the
-# best removal set as Hugging Face directories, reloaded and re-scored.
+# and strategy (`method_budget`; settings for one criterion under its name), measured like the allocations
+# (`method_dtype`, `method_windows` test windows); the DEAP-style GA over sets of exactly `removal["k"]` removed
+# blocks; and an export of the best Wanda genome and the best removal set as Hugging Face directories, reloaded
+# and re-scored.
 #
 # Reads `baseline.json` (01: its sensitivity scan, one of the rules a race starts from). Writes
 # `search/<run>/{result.json,history.csv}`, `ga.json`, `methods_ga.json`,

@@ -85,3 +85,11 @@ def test_overfitting_compares_the_gain_on_the_fitness_split_with_the_gain_on_tes
     assert row["fitness_split_ratio"] == pytest.approx(row["ga_ppl"] / row["uniform_ppl"])
     assert row["fitness_split_over_test"] == pytest.approx(row["fitness_split_ratio"] / 0.9)
     assert row["ga_ppl"] != row["uniform_ppl"]
+
+
+def test_a_criterion_entry_of_the_method_budget_overrides_only_that_criterion():
+    budget = {"strategy": "race", "step": 0.05, "budget_tokens": 60000, "wanda": {"step": 0.025, "step_rule": "fixed"}}
+    assert experiments.criterion_budget(budget, "wanda") == {"strategy": "race", "step": 0.025,
+                                                             "budget_tokens": 60000, "step_rule": "fixed"}
+    assert experiments.criterion_budget(budget, "magnitude") == {"strategy": "race", "step": 0.05,
+                                                                 "budget_tokens": 60000}

@@ -83,5 +83,7 @@ def test_budget_words_name_the_strategy_and_its_budget():
     race = {"strategy": "race", "offspring": 16, "low_windows": 1, "stages": 3, "seq_len": 512,
             "budget_tokens": 100_000}
     assert budget_words(race) == ("the `race` strategy, (1 + 16) on fresh samples of 1, 2, 4 windows of 512 tokens, "
-                                  "100,000 forward tokens")
+                                  "moves of 0.05 (adaptive step), 100,000 forward tokens")
+    wanda_fixed = {**race, "wanda": {"step": 0.025, "step_rule": "fixed"}}
+    assert budget_words(wanda_fixed) == budget_words(race) + "; wanda: moves of 0.025 (fixed step)"
     assert budget_words({"population": 6, "generations": 4}) == "the `elitist` strategy, population 6, generations 4"

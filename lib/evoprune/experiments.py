@@ -17,7 +17,7 @@ from pathlib import Path
 
 from evoprune import EvopruneError, hardware, models, perplexity
 from evoprune.data import HUB, PYTHON_DOCS, local_file
-from evoprune.pruning import global_magnitude_counts, owl_rates, sensitivity_rates
+from evoprune.pruning import CRITERIA, global_magnitude_counts, owl_rates, sensitivity_rates
 from evoprune.results import (REPORTED_DTYPE, ReportPaths, portable_data, provenance, read_csv, read_json,
                               record_tokens, write_json, write_table)
 from evoprune.search import GENES, RESULT, Settings, finished_result, genome_key, optimize
@@ -417,18 +417,26 @@ def genome_table(rows: list[dict]) -> list[dict]:
     return [{"gene": i, **{f"GA {r['run']}": r["genome"][i] for r in rows}} for i in range(len(rows[0]["genome"]))]
 
 
+def criterion_budget(budget: dict, criterion: str) -> dict:
+    """``budget``'s shared settings with its entry for ``criterion`` over them (``wanda: {step: 0.025}``)."""
+    shared = {k: v for k, v in budget.items() if k not in CRITERIA}
+    return {**shared, **budget.get(criterion, {})}
+
+
 def ga_sweep(session: Session, paths: ReportPaths, targets: list[float], criteria: list[str], budget: dict,
              test_windows: int, seed: int, dtype: str, method_dtype: str = REPORTED_DTYPE) -> list[dict]:
     """A search per criterion and target (``budget``: its settings, the elitist strategy unless it names
-    another), all at one budget, fitness in ``dtype``, measured like the allocations (test numbers in
-    ``method_dtype`` on ``test_windows``). Each run lives in ``search/methods/<criterion>-<target%>``."""
+    another, and per-criterion settings under a criterion's name), all at one token budget, fitness in
+    ``dtype``, measured like the allocations (test numbers in ``method_dtype`` on ``test_windows``). Each run
+    lives in ``search/methods/<criterion>-<target%>``."""
     dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
     sensitivity = sensitivity_ppl(paths)
     rows = []
     for criterion in criteria:
         for target in targets:
-            settings = search_settings(session, budget, criterion=criterion, target=target, seed=seed,
-                                       test_windows=test_windows, test_dtype=method_dtype, dtype=dtype)
+            settings = search_settings(session, criterion_budget(budget, criterion), criterion=criterion,
+                                       target=target, seed=seed, test_windows=test_windows, test_dtype=method_dtype,
+                                       dtype=dtype)
             result = run_search(session, settings, paths.search("methods") / f"{criterion}-{round(target * 100)}",
                                 sensitivity=sensitivity)
             rows.append({"criterion": criterion, "method": "GA", "target": target,

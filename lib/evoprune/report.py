@@ -557,7 +557,7 @@ def methods_section(summary: dict) -> str:
     return f"""## Beyond the study: criteria, allocations without search, whole-block removal
 
 Test perplexity, {m['dtype']}, the first {m['test_windows']} test windows, primary protocol; dense is
-{m['dense_ppl']:.4g} on these windows. GA rows: {budget_words(m.get('budget'))}, the same for every cell (see
+{m['dense_ppl']:.4g} on these windows. GA rows: {budget_words(m.get('budget'))}, the same for every cell unless a criterion is named (see
 `reports/<profile>/search/methods/`), fitness on validation.
 
 {markdown_table(methods_table(summary))}
@@ -574,8 +574,15 @@ after, on {m['exports'][0]['test_windows']} test windows):
 {markdown_table(exports)}"""
 
 
+def step_words(cfg: dict) -> str:
+    """A race's moves: the step and its rule, the race's defaults where ``cfg`` names none."""
+    defaults = search.Settings(strategy="race", target=0.5)
+    return (f"moves of {cfg.get('step', defaults.step):g} "
+            f"({cfg.get('step_rule', defaults.step_rule)} step)")
+
+
 def budget_words(cfg: dict | None) -> str:
-    """A search's budget in a few words."""
+    """A search's budget in a few words (and the settings a methods budget gives one criterion)."""
     if not cfg:
         return "the search"
     strategy = cfg.get("strategy", "elitist")
@@ -583,9 +590,9 @@ def budget_words(cfg: dict | None) -> str:
         stages = ", ".join(str(cfg.get("low_windows", 1) * 2 ** k) for k in range(cfg.get("stages", 3)))
         limit = (f"{cfg['budget_tokens']:,} forward tokens" if cfg.get("budget_tokens")
                  else f"{cfg.get('generations')} generations")
-        steps = f"moves of {cfg['step']:g} ({cfg.get('step_rule', 'fixed')} step), " if "step" in cfg else ""
+        own = "".join(f"; {name}: {step_words(sub)}" for name, sub in cfg.items() if isinstance(sub, dict))
         return (f"the `race` strategy, (1 + {cfg.get('offspring', 16)}) on fresh samples of {stages} windows of "
-                f"{cfg.get('seq_len', 1024)} tokens, {steps}{limit}")
+                f"{cfg.get('seq_len', 1024)} tokens, {step_words(cfg)}, {limit}{own}")
     parts = [f"{key} {cfg[key]}" for key in ("population", "generations", "fitness_windows") if key in cfg]
     return f"the `{strategy}` strategy, " + ", ".join(parts)
 
