@@ -50,17 +50,20 @@ def get_criterion(name: str) -> Callable:
 @torch.no_grad()
 def input_norms(model: nn.Module, calibration: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
     """L2 norm of each prunable matrix's input features over all calibration tokens (dense model, one pass)."""
-    sums, hooks = {}, []
-    for m in prunable_matrices(model):
+    # The sums are allocated before the forward and added to in place: a new small tensor per call, kept while the
+    # activations around it are freed, fragmented the heap so much that one forward took 2 GB more after a scan.
+    matrices = prunable_matrices(model)
+    sums, hooks = {m.name: torch.zeros(m.out_in().shape[1], device=m.weight.device) for m in matrices}, []
+    for m in matrices:
         def accumulate(module, args, name=m.name):
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            sums[name] = sums.get(name, 0) + (x * x).sum(dim=0)
+            sums[name] += (x * x).sum(dim=0)
         hooks.append(model.get_submodule(m.name).register_forward_pre_hook(accumulate))
     try:
         for start in range(0, len(calibration), batch_size):
             batch = calibration[start: start + batch_size]
             count_forward(torch.float32, batch.numel())
-            model.base_model(input_ids=batch.to(model.device))
+            model.base_model(input_ids=batch.to(model.device), use_cache=False)
     finally:
         for h in hooks:
             h.remove()
@@ -253,12 +256,12 @@ def outlier_ratios(model: nn.Module, calibration: torch.Tensor, threshold_m: flo
     """OWL's per-block outlier ratio as its authors compute it (``check_outlier_mean`` in luuyin/OWL): the Wanda
     scores of all of a block's matrices together, the share of them above M x their block-wide mean."""
     norms = input_norms(model, calibration)
-    scores: dict[int, list[torch.Tensor]] = {}
+    by_block: dict[int, list[Matrix]] = {}
     for m in prunable_matrices(model):
-        scores.setdefault(m.block, []).append(wanda_scores(m, norms).flatten())
+        by_block.setdefault(m.block, []).append(m)
     ratios = []
-    for block in sorted(scores):
-        together = torch.cat(scores[block])
+    for block in sorted(by_block):  # one block's scores at a time: all blocks' at once would be 4 bytes a weight
+        together = torch.cat([wanda_scores(m, norms).flatten() for m in by_block[block]])
         ratios.append(int((together > threshold_m * together.mean()).sum()) / together.numel())
     return ratios
 
