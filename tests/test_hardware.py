@@ -91,3 +91,28 @@ def test_cuda_decides_without_probe(monkeypatch, tmp_path):
 def test_real_probe_is_quick():
     figures = hardware.probe_matmul(shape=(256, 256, 256), repeats=2)
     assert figures["float32_gflops"] > 0 and figures["bfloat16_gflops"] > 0 and figures["wall_s"] < 1
+
+
+def test_freed_activation_sized_blocks_are_reused_not_faulted_in_again():
+    import platform
+    import resource
+
+    import torch
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the malloc thresholds are glibc's")
+    assert hardware.keep_freed_memory()
+    pages = 64 * 2**20 // resource.getpagesize()  # 64 MB: above glibc's default largest heap block (32 MB)
+
+    def faults_of_one_activation() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(64 * 2**20, dtype=torch.uint8).fill_(1)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread touches the pages: the count is the allocator's alone
+    try:
+        faults = [faults_of_one_activation() for _ in range(16)]  # glibc's defaults: each one faults in anew
+        # the first few may still fault while the heap's top settles (trimmed down, then grown to fit the block)
+        assert sum(f < pages // 10 for f in faults) >= len(faults) // 2, faults
+    finally:
+        torch.set_num_threads(threads)

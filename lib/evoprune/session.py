@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evoprune import EvopruneError, models, perplexity
+from evoprune import EvopruneError, hardware, models, perplexity
 from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
 from evoprune.prefix import PrefixScorer, scoring_order
 from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion, outlier_ratios
@@ -27,6 +27,7 @@ class Session:
     def __init__(self, model: str, data: str | None = None, log: str | Path | None = None):
         self.name = model
         self.data = resolve_data(data)
+        hardware.keep_freed_memory()
         self.loaded = models.load_model(model)  # float32; other dtypes are copies (``model_in``)
         self.log = MeasurementLog(log)
         self._tokens: dict[str, Tokens] = {}
