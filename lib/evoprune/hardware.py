@@ -144,8 +144,9 @@ def dtype_decision() -> dict:
 # glibc malloc, by default, hands large blocks back to the kernel as soon as they are freed (an mmap per block, and a
 # heap top trimmed past a threshold that grows with the blocks it sees): a forward then page-faults every activation
 # it allocates, again and again. Fixed thresholds above a forward's activations (SmolLM2, 4 x 1024 tokens: the
-# largest is the 56 MB bf16 LM head) keep freed blocks for reuse. Measured in a process that loads SmolLM2 and scores 6 genomes in bf16 (4 x 1024
-# tokens, 2-core AVX512 EPYC): minor page faults 1.63M -> 0.48M, system time 5.9 -> 1.7 s, peak RSS unchanged.
+# largest is the 56 MB bf16 LM head) keep freed blocks for reuse. Measured in a process that loads SmolLM2 and
+# scores 6 genomes in bf16 (4 x 1024 tokens, 2-core AVX512 EPYC): minor page faults 1.63M -> 0.48M, system time
+# 5.9 -> 1.7 s, peak RSS unchanged.
 MMAP_THRESHOLD = 128 * 2**20  # M_MMAP_THRESHOLD: blocks below this come from the heap and are reused
 TRIM_THRESHOLD = 256 * 2**20  # M_TRIM_THRESHOLD: free memory kept at the heap's top before it is given back
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
