@@ -10,7 +10,8 @@ scoring genomes with a default ``PrefixScorer`` over plain forwards, on two muta
 
 Also prints the expected share of block forwards skipped for those mixes and orders, from many sampled genomes
 (no model runs; ``analytic``). Usage: python bench/prefix_reuse.py [--windows 1] [--children 4]; prints one
-JSON line, ``prefix_reuse_ratio`` = time with reuse / without on the evopress mix.
+JSON line, ``prefix_reuse_ratio`` = time with reuse / without on the evopress mix, also written to
+``reports/prefix_reuse.json`` with its provenance.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from evoprune.data import default_data, load_tokens
 from evoprune.models import load_model
 from evoprune.prefix import EVERY, PrefixScorer, block_state, genome_counts, scoring_order, shared_prefix
 from evoprune.pruning import Pruner
+from evoprune.results import ROOT, provenance, write_json
 
 TARGET, POPULATION, SAMPLES = 0.45, 8, 2000
 
@@ -38,37 +40,54 @@ def strategies(sizes, offspring: int) -> tuple[search.Elitist, search.Race]:
             search.Race(search.Settings(**settings, strategy="race"), sizes))
 
 
-def skipped(state, sources: list) -> int:
+def skipped(state, sources: list, every: int = EVERY) -> int:
     """Blocks a genome skips: its longest shared prefix with a source, down to a boundary the scorer stores."""
     same = max((shared_prefix(state, s) for s in sources), default=0)
-    return same if same == len(state) else same - same % EVERY
+    return same if same == len(state) else same - same % every
 
 
-def skipped_in_turn(sequence: list, sources: list, keep: int | None) -> int:
+def skipped_in_turn(sequence: list, sources: list, keep: int | None, every: int = EVERY) -> int:
     """Blocks skipped when the states in ``sequence`` are scored in turn, each reusing ``sources`` and the
     ``keep`` states scored just before it (None: all)."""
-    return sum(skipped(state, sources + (sequence[:i] if keep is None else sequence[max(0, i - keep): i]))
+    return sum(skipped(state, sources + (sequence[:i] if keep is None else sequence[max(0, i - keep): i]), every)
                for i, state in enumerate(sequence))
 
 
-def race_generation(race: search.Race, parent, state, rng) -> tuple[int, int]:
+def fewer_moves_offspring(race: search.Race, parent, rng) -> list[list[float]]:
+    """``Race.offspring`` with EvoPress's number of moves, min(randint(1, 3), randint(1, 3)) (1, 2, 3 moves with
+    probabilities 5/9, 3/9, 1/9), instead of this project's uniform 1..3."""
+    s, seen, children = race.settings, {search.genome_key(parent)}, []
+    while len(children) < s.offspring:
+        moves = int(min(rng.integers(1, s.max_moves + 1), rng.integers(1, s.max_moves + 1)))
+        child = search.project(search.move_rates(parent, race.sizes, rng, race.step, moves, s.g_max), race.sizes,
+                               s.target, s.g_max)
+        if search.genome_key(child) not in seen:
+            seen.add(search.genome_key(child))
+            children.append(child.tolist())
+    return children
+
+
+def race_generation(race: search.Race, parent, state, rng, offspring=None, every: int = EVERY) -> tuple[int, int]:
     """Blocks skipped and blocks needed (x windows) in one race generation: each stage's children in
     ``scoring_order``, each reusing the one before (as many as reusing all before, in any order), survivors drawn
-    at random (fitness is not modelled), then the parent on the last stage's sample, reusing that stage's."""
+    at random (fitness is not modelled), then the parent on the last stage's sample, reusing that stage's.
+    ``offspring``: how children are made (``Race.offspring``); ``every``: the scorer's stored boundaries."""
     s, n = race.settings, len(state(parent))
-    alive, saved, total = [state(c) for c in race.offspring(parent, rng)], 0, 0
+    children = (offspring or type(race).offspring)(race, parent, rng)
+    alive, saved, total = [state(c) for c in children], 0, 0
     for stage, windows in enumerate(s.stage_windows):
         sequence = sorted(alive)
-        saved += windows * skipped_in_turn(sequence, [], 1)
+        saved += windows * skipped_in_turn(sequence, [], 1, every)
         total += windows * n * len(sequence)
         keep = 1 if stage == s.stages - 1 else max(1, s.promote // 2 ** stage)
         alive = [alive[i] for i in rng.permutation(len(alive))[:keep]]
-    return saved + windows * skipped(state(parent), sequence), total + windows * n
+    return saved + windows * skipped(state(parent), sequence, every), total + windows * n
 
 
 def analytic(pruner, rng) -> dict:
     """Expected share of block forwards skipped, from sampled genomes (no model runs), at the scorer's ``EVERY``.
-    ``race``: generations of ``search.Race`` (16 children, stages of 1, 2, 4 windows, parent last). EvoPress with
+    ``race``: generations of ``search.Race`` (8 children, stages of 1, 2, 4 windows, parent last); also with every
+    boundary stored, and with EvoPress's bias towards fewer moves (``fewer_moves_offspring``). EvoPress with
     the parent scored first: ``parent_first`` (children in any order, each reusing the parent) and ``sorted``
     (parent and children in ``scoring_order``, each reusing the one before). Elitist: children only, the population
     kept from earlier generations. Published: a whole generation, elites re-scored."""
@@ -77,8 +96,12 @@ def analytic(pruner, rng) -> dict:
     population = elitist.initial_population(rng)
     parents = [state(p) for p in population]
     n, out = pruner.n_blocks, {}
-    runs = [race_generation(race, population[i % POPULATION], state, rng) for i in range(SAMPLES // 4)]
-    out["race_generation"] = sum(saved for saved, _ in runs) / sum(total for _, total in runs)
+    variants = {"race_generation": {}, "race_generation_every_1": {"every": 1},  # every boundary stored
+                "race_generation_evopress_moves": {"offspring": fewer_moves_offspring}}
+    for key, options in variants.items():
+        runs = [race_generation(race, population[i % POPULATION], state, rng, **options)
+                for i in range(SAMPLES // 4)]
+        out[key] = sum(saved for saved, _ in runs) / sum(total for _, total in runs)
     for offspring in (8, 64):
         first, ordered = [], []
         for _ in range(max(1, SAMPLES // (offspring * POPULATION))):
@@ -156,6 +179,8 @@ def main() -> None:
               "threads": torch.get_num_threads(), "evopress": evopress, "default": default,
               "prefix_reuse_ratio": evopress["ratio"], "expected_blocks_skipped": analytic(pruner, rng),
               "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    write_json(ROOT / "reports" / "prefix_reuse.json",
+               {"figures": result, "provenance": provenance(command="python bench/prefix_reuse.py")})
     print(json.dumps(result))
 
 

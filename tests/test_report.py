@@ -2,7 +2,7 @@
 import pytest
 
 from evoprune.report import (budget_words, claims, fitness_comparison, layer_profiles, rank_correlation, reference_tokens,
-                             seed_table)
+                             seed_table, wall_times)
 
 
 def run(name, seed, genome, ppl, strategy="race"):
@@ -87,3 +87,10 @@ def test_budget_words_name_the_strategy_and_its_budget():
     wanda_fixed = {**race, "wanda": {"step": 0.025, "step_rule": "fixed"}}
     assert budget_words(wanda_fixed) == budget_words(race) + "; wanda: moves of 0.025 (fixed step)"
     assert budget_words({"population": 6, "generations": 4}) == "the `elitist` strategy, population 6, generations 4"
+
+
+def test_wall_times_count_what_was_read_back_in_words():
+    prov = {"notebook_wall_s": {"02": 10.0, "03": 20.0},
+            "notebook_read_back": {"02": {"searches": 1, "measurements": 2}, "03": {"searches": 0, "measurements": 1}}}
+    assert wall_times(prov) == ("02 10 s (1 search and 2 measurements read back), "
+                                "03 20 s (0 searches and 1 measurement read back); 30 s in all")

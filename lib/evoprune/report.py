@@ -626,14 +626,19 @@ def findings(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 search', '2 searches', '0 measurements'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('s', 'sh', 'ch')) else 's'}"
+
+
 def wall_times(prov: dict) -> str:
     """Each notebook's wall time, with what it read back (from the measurement log, or finished searches) instead
     of computing: a resumed notebook's time is not a whole run's."""
     walls, parts = prov["notebook_wall_s"], []
     for name, wall in sorted(walls.items()):
         back = prov.get("notebook_read_back", {}).get(name, {})
-        note = (f" ({back['searches']} searches and {back['measurements']} measurements read back)"
-                if any(back.values()) else "")
+        note = (f" ({counted(back['searches'], 'search')} and {counted(back['measurements'], 'measurement')} "
+                f"read back)" if any(back.values()) else "")
         parts.append(f"{name} {wall:.0f} s{note}")
     return (", ".join(parts) + f"; {sum(walls.values()):.0f} s in all") if parts else "not recorded"
 
