@@ -96,8 +96,8 @@ def final_hidden(model: nn.Module, batch: torch.Tensor, dtype: torch.dtype) -> t
     mode here too, not only in its callers: KL's dense reference, kept across a generation's stages, would
     otherwise hold the autograd graph of every block (GBs per sample)."""
     count_forward(dtype, batch.numel())
-    with autocast(model, dtype):  # no KV cache: scoring never decodes, and the cache would hold every block's keys
-        return model.base_model(input_ids=batch.to(model.device), use_cache=False).last_hidden_state[:, :-1]
+    with autocast(model, dtype):
+        return model.base_model(input_ids=batch.to(model.device)).last_hidden_state[:, :-1]
 
 
 def head_weights(model: nn.Module, dtype: torch.dtype):

@@ -181,8 +181,7 @@ class PrefixScorer:
                 hooks.append(final_norm(self.model).register_forward_pre_hook(capture_input(kept, self.n_blocks),
                                                                               with_kwargs=True))
             with BlocksRemoved(self.model, range(start)):
-                batch = batch.to(self.model.device)
-                return self.model.base_model(input_ids=batch, use_cache=False).last_hidden_state
+                return self.model.base_model(input_ids=batch.to(self.model.device)).last_hidden_state
         finally:
             for hook in hooks:
                 hook.remove()

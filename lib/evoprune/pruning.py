@@ -63,7 +63,7 @@ def input_norms(model: nn.Module, calibration: torch.Tensor, batch_size: int = 4
         for start in range(0, len(calibration), batch_size):
             batch = calibration[start: start + batch_size]
             count_forward(torch.float32, batch.numel())
-            model.base_model(input_ids=batch.to(model.device), use_cache=False)
+            model.base_model(input_ids=batch.to(model.device))
     finally:
         for h in hooks:
             h.remove()
