@@ -56,15 +56,8 @@ def skipped_in_turn(sequence: list, sources: list, keep: int | None, every: int 
 def fewer_moves_offspring(race: search.Race, parent, rng) -> list[list[float]]:
     """``Race.offspring`` with EvoPress's number of moves, min(randint(1, 3), randint(1, 3)) (1, 2, 3 moves with
     probabilities 5/9, 3/9, 1/9), instead of this project's uniform 1..3."""
-    s, seen, children = race.settings, {search.genome_key(parent)}, []
-    while len(children) < s.offspring:
-        moves = int(min(rng.integers(1, s.max_moves + 1), rng.integers(1, s.max_moves + 1)))
-        child = search.project(search.move_rates(parent, race.sizes, rng, race.step, moves, s.g_max), race.sizes,
-                               s.target, s.g_max)
-        if search.genome_key(child) not in seen:
-            seen.add(search.genome_key(child))
-            children.append(child.tolist())
-    return children
+    top = race.settings.max_moves + 1
+    return race.offspring(parent, rng, lambda r: min(r.integers(1, top), r.integers(1, top)))
 
 
 def race_generation(race: search.Race, parent, state, rng, offspring=None, every: int = EVERY) -> tuple[int, int]:

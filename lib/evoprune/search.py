@@ -422,13 +422,14 @@ class Race:
         search.note_best(scores[best], search.evaluator.stamps.get(best))
         return [candidates[best]], [scores[best]]
 
-    def offspring(self, parent, rng: np.random.Generator) -> list[list[float]]:
+    def offspring(self, parent, rng: np.random.Generator, draw_moves=None) -> list[list[float]]:
+        """Distinct children of 1..``max_moves`` moves (uniform; ``draw_moves(rng)``: another count, for benches)."""
         s = self.settings
         seen, children = {genome_key(parent)}, []
         for _ in range(s.offspring * UNIQUE_TRIES):
             if len(children) == s.offspring:
                 break
-            moves = int(rng.integers(1, s.max_moves + 1))
+            moves = int(draw_moves(rng) if draw_moves else rng.integers(1, s.max_moves + 1))
             child = project(move_rates(parent, self.sizes, rng, self.step, moves, s.g_max), self.sizes, s.target,
                             s.g_max)
             if genome_key(child) not in seen:
