@@ -40,6 +40,7 @@ data = None  # a directory (relative to the repository root), "wikitext2" (hub),
 criterion = "magnitude"
 test_windows = 1  # None: the whole test split (and the study protocol's 128 windows)
 study_windows = None  # study-protocol windows (None: as test_windows)
+docs_windows = None  # windows of the second held-out text, python-docs (None: as test_windows)
 runs = {  # run name -> search settings (evoprune.search.Settings); published: penalty below target - tolerance
     "published": {"strategy": "published", "target": 0.5, "fitness_split": "validation", "population": 4,
                   "generations": 2, "fitness_windows": 1},
@@ -68,7 +69,7 @@ paths = results.report_paths(profile)
 session = experiments.open_session(model, data, paths)
 
 # %%
-ga = experiments.ga_runs(session, paths, runs, criterion, seed, test_windows, dtype, study_windows)
+ga = experiments.ga_runs(session, paths, runs, criterion, seed, test_windows, dtype, study_windows, docs_windows)
 Markdown(results.markdown_table(ga["rows"], ["run", "strategy", "block_sparsity", "fitness", "fitness_split", "test_ppl",
                                      "study_ppl", "evaluations", "forward_tokens", "wall_s"]))
 
@@ -95,7 +96,7 @@ Markdown(results.markdown_table(report.pivot(methods["rows"])) + "\n" + results.
 
 # %%
 rows = experiments.downstream_study(session, paths, downstream_tasks, downstream_limit, downstream_target, ga,
-                                    methods, test_windows)
+                                    methods, test_windows, method_windows)
 Markdown(results.markdown_table(rows) if rows else "no downstream tasks in this profile")
 
 # %%

@@ -75,6 +75,16 @@ def test_reported_numbers_take_their_own_study_windows(setup):
     assert setup.reported(0.3, windows=2)["study_windows"] == 2
 
 
+def test_no_study_windows_means_no_study_measurement(setup, monkeypatch):
+    measured = []
+    real = setup.measure
+    monkeypatch.setattr(setup, "measure", lambda pruner, protocol="primary", *a, **k: measured.append(protocol) or
+                        real(pruner, protocol, *a, **k))
+    r = setup.reported(0.35, windows=1, study_windows=0)
+    assert measured == ["primary"]
+    assert (r["study_ppl"], r["study_windows"]) == (None, 0) and r["test_ppl"] > 1
+
+
 def test_overfitting_compares_the_gain_on_the_fitness_split_with_the_gain_on_test(setup):
     uniform = [0.45] * setup.n_blocks
     genome = [0.2 if b % 2 else 0.7 for b in range(setup.n_blocks)]

@@ -181,6 +181,7 @@ BAD = [
     (["--g-max", "0.4"], "--target"),
     (["--population", "1"], "--population"),
     (["--generations", "0"], "--generations"),
+    (["--study-windows", "-1"], "--study-windows"),
     (["--strategy", "fancy"], "--strategy"),
     (["--fitness", "mse"], "--fitness"),
     (["--crossover", "twopoint"], "--crossover"),

@@ -380,10 +380,11 @@ def rule_rows(session: Session, criterion: str, target: float, rules: dict[str, 
 
 
 def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criterion: str, seed: int,
-            test_windows: int | None, dtype: str, study_windows: int | None = None) -> dict:
+            test_windows: int | None, dtype: str, study_windows: int | None = None,
+            docs_windows: int | None = None) -> dict:
     """03's main searches, one per entry of ``runs`` (``Settings`` keywords), each in ``search/<run>/``; their
-    rows, the rules at each exact target (OWL, sensitivity ranking), the second held-out text, best genomes and
-    convergence go to ``ga.json`` and tables."""
+    rows, the rules at each exact target (OWL, sensitivity ranking), the second held-out text (on
+    ``docs_windows``, default ``test_windows``), best genomes and convergence go to ``ga.json`` and tables."""
     shared = {"criterion": criterion, "seed": seed, "test_windows": test_windows, "study_windows": study_windows,
               "dtype": dtype}
     sensitivity = sensitivity_ppl(paths)
@@ -396,7 +397,7 @@ def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criteri
         if s.strategy != "published" and s.genes == "block" and (s.criterion, s.target) not in rules:
             rules[s.criterion, s.target] = rule_allocations(session, s, sensitivity)
             rule_table += rule_rows(session, s.criterion, s.target, rules[s.criterion, s.target], test_windows)
-    held_out = [generalization(session, result, name, test_windows,
+    held_out = [generalization(session, result, name, test_windows if docs_windows is None else docs_windows,
                                rules.get((settings[name].criterion, settings[name].target)))
                 for name, result in results.items()]
     overfit = [overfitting(session, result, name) for name, result in results.items()]
@@ -409,7 +410,7 @@ def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criteri
     return record(paths, "ga", "03_ga_search", session, {"rows": rows, "rules": rule_table,
                                                          "generalization": held_out, "overfitting": overfit},
                   criterion=criterion, seed=seed, runs=runs, search_dtype=hardware.resolve_dtype(dtype),
-                  test_windows=test_windows, study_windows=study_windows)
+                  test_windows=test_windows, study_windows=study_windows, docs_windows=docs_windows)
 
 
 def genome_table(rows: list[dict]) -> list[dict]:
@@ -427,16 +428,17 @@ def ga_sweep(session: Session, paths: ReportPaths, targets: list[float], criteri
              test_windows: int, seed: int, dtype: str, method_dtype: str = REPORTED_DTYPE) -> list[dict]:
     """A search per criterion and target (``budget``: its settings, the elitist strategy unless it names
     another, and per-criterion settings under a criterion's name), all at one token budget, fitness in
-    ``dtype``, measured like the allocations (test numbers in ``method_dtype`` on ``test_windows``). Each run
-    lives in ``search/methods/<criterion>-<target%>``."""
+    ``dtype``, measured like the allocations (test numbers in ``method_dtype`` on ``test_windows``, primary
+    protocol only: the methods table has no study-protocol column). Each run lives in
+    ``search/methods/<criterion>-<target%>``."""
     dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
     sensitivity = sensitivity_ppl(paths)
     rows = []
     for criterion in criteria:
         for target in targets:
             settings = search_settings(session, criterion_budget(budget, criterion), criterion=criterion,
-                                       target=target, seed=seed, test_windows=test_windows, test_dtype=method_dtype,
-                                       dtype=dtype)
+                                       target=target, seed=seed, test_windows=test_windows, study_windows=0,
+                                       test_dtype=method_dtype, dtype=dtype)
             result = run_search(session, settings, paths.search("methods") / f"{criterion}-{round(target * 100)}",
                                 sensitivity=sensitivity)
             rows.append({"criterion": criterion, "method": "GA", "target": target,
@@ -531,10 +533,11 @@ def methods_with_search(session: Session, paths: ReportPaths, targets: list[floa
 # --- 03: downstream accuracy ---------------------------------------------------------------------------------
 
 def downstream_study(session: Session, paths: ReportPaths, tasks: list[str], limit: int | None, target: float,
-                     ga: dict, methods: dict, test_windows: int | None) -> list[dict]:
+                     ga: dict, methods: dict, test_windows: int | None, method_windows: int | None) -> list[dict]:
     """Accuracy on lm-evaluation-harness ``tasks`` (offline: the local ``wikitext_lastword``) of the dense model,
     uniform pruning and the GA at ``target``, magnitude (03's main searches) and Wanda (the methods sweep), beside
-    their float32 test perplexity on ``test_windows``; ``downstream.json``. No tasks: nothing is run."""
+    their float32 test perplexity as already measured: magnitude on ``test_windows``, Wanda on the methods
+    table's ``method_windows``; ``downstream.json``. No tasks: nothing is run."""
     if not tasks:
         return []
     from evoprune.downstream import accuracy_rows
@@ -543,15 +546,16 @@ def downstream_study(session: Session, paths: ReportPaths, tasks: list[str], lim
     wanda_ga = {f"GA {r['criterion']}": r["genome"] for r in methods["rows"]
                 if r["target"] == target and r["criterion"] == "wanda"}
     plan = {"magnitude": {"dense": 0.0, "uniform": target, **ga_genomes}, "wanda": {"uniform": target, **wanda_ga}}
+    windows = {"magnitude": test_windows, "wanda": method_windows}
     rows = []
     for criterion, genomes in plan.items():
         pruner = session.pruner(criterion)
         for row in accuracy_rows(pruner.model, session.tokenizer, pruner, genomes, tasks, limit, data=session.data):
-            ppl = session.measure(session.apply(row["genome"], criterion), "primary", test_windows)
+            ppl = session.measure(session.apply(row["genome"], criterion), "primary", windows[criterion])
             rows.append({"criterion": criterion, **{k: v for k, v in row.items() if k != "genome"},
                          "test_ppl": ppl.ppl, "test_windows": ppl.n_windows})
     session.restore()
     write_table(rows, paths.table("downstream"))
     record(paths, "downstream", "03_ga_search", session, {"rows": rows, "target": target}, tasks=tasks,
-           limit=limit, test_windows=test_windows, reported_dtype=REPORTED_DTYPE)
+           limit=limit, test_windows=windows, reported_dtype=REPORTED_DTYPE)
     return rows

@@ -538,9 +538,10 @@ def downstream_section(summary: dict, level: str = "##") -> str:
     if not rows:
         return ""
     items = min(r["n"] for r in rows)
+    windows = ", ".join(f"{criterion} {n}" for criterion, n in {r["criterion"]: r["test_windows"] for r in rows}.items())
     return f"""{level} Downstream accuracy (lm-evaluation-harness)
 
-Accuracy on each task beside float32 test perplexity (primary protocol, {rows[0]['test_windows']} windows), for
+Accuracy on each task beside float32 test perplexity (primary protocol; test windows: {windows}), for
 the dense model, and uniform pruning and the GA at the same sparsity, per criterion.
 The local task `wikitext_lastword` is last-word prediction on WikiText-2 test sentences (LAMBADA-style). On
 {items} items an accuracy's standard error is up to {0.5 / items ** 0.5:.2f}.

@@ -92,7 +92,8 @@ class Settings:
     fitness_windows: int | None = option("fitness windows", ("published", "elitist"), published=128,
                                          elitist=16)
     test_windows: int | None = option("windows of the reported test numbers (default: all)")
-    study_windows: int | None = option("windows of the reported study-protocol numbers (default: --test-windows)")
+    study_windows: int | None = option("windows of the reported study-protocol numbers (default: --test-windows; 0: "
+                                          "none)")
     dtype: str = option("dtype of fitness: auto (bfloat16 where measured fast), float32 or bfloat16",
                         default="auto")
     test_dtype: str = option("dtype of the reported test numbers", default="float32")
@@ -173,10 +174,12 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise EvopruneError(f"unknown {flag(name)} {value!r}: use one of {', '.join(allowed)}.")
-        for name in ("fitness_windows", "test_windows", "study_windows", "batch_size", "offspring", "max_moves", "low_windows",
+        for name in ("fitness_windows", "test_windows", "batch_size", "offspring", "max_moves", "low_windows",
                      "promote", "tournament", "stages", "budget_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EvopruneError(f"{flag(name)} must be at least 1.")
+        if self.study_windows is not None and self.study_windows < 0:
+            raise EvopruneError("--study-windows must be at least 0 (0: no study-protocol numbers).")
         if self.seq_len < 2:
             raise EvopruneError("--seq-len must be at least 2.")
         if self.strategy == "published":

@@ -138,14 +138,16 @@ class Session:
     def reported(self, genome, criterion: str = "magnitude", windows: int | None = None, batch_size: int = 4,
                  dtype: str = REPORTED_DTYPE, study_windows: int | None = None) -> dict:
         """Test perplexity of the model pruned to ``genome`` under both protocols (float32 unless asked), on
-        ``windows`` primary windows and ``study_windows`` (default: ``windows``) study-protocol windows."""
+        ``windows`` primary windows and ``study_windows`` (default: ``windows``; 0: no study-protocol number)
+        study-protocol windows."""
         pruner = self.apply(genome, criterion, dtype)
         primary = self.measure(pruner, "primary", windows, dtype, batch_size=batch_size)
-        study = self.measure(pruner, "study", windows if study_windows is None else study_windows, dtype,
-                             batch_size=batch_size)
+        study_windows = windows if study_windows is None else study_windows
+        study = (self.measure(pruner, "study", study_windows, dtype, batch_size=batch_size) if study_windows != 0
+                 else None)
         return {"genome": pruner.genome, "block_sparsity": pruner.block_sparsity(),
                 "model_sparsity": pruner.model_sparsity(), "test_ppl": primary.ppl, "test_windows": primary.n_windows,
-                "study_ppl": study.ppl, "study_windows": study.n_windows}
+                "study_ppl": study.ppl if study else None, "study_windows": study.n_windows if study else 0}
 
     def data_provenance(self, splits=("test", "validation")) -> dict:
         """The data setting and, per split, its file or hub source, text hash and token count."""
