@@ -538,7 +538,8 @@ def downstream_section(summary: dict, level: str = "##") -> str:
     if not rows:
         return ""
     items = min(r["n"] for r in rows)
-    windows = ", ".join(f"{criterion} {n}" for criterion, n in {r["criterion"]: r["test_windows"] for r in rows}.items())
+    per_criterion = {r["criterion"]: r["test_windows"] for r in rows}
+    windows = ", ".join(f"{criterion} {n}" for criterion, n in per_criterion.items())
     return f"""{level} Downstream accuracy (lm-evaluation-harness)
 
 Accuracy on each task beside float32 test perplexity (primary protocol; test windows: {windows}), for
