@@ -1,17 +1,20 @@
 """How far the race gets with each step rule, judged on text no search's ranking used: the offline profile's race
-(by default at 45% magnitude; seed 0, 16 children, stages of 1, 2 and 4 fresh validation windows of 512 tokens, from the best of
-uniform, OWL and the sensitivity ranking) at growing token budgets, its parent judged by perplexity on 32 fixed
-validation windows of 512 tokens (a draw that no search of seed 0-2 makes) and on the first 16 windows of
-``python-docs`` (1024 tokens), in the dtype ``auto`` chooses; the rules judged the same way. Never the test split.
+(by default at 45% magnitude and seed 0; 16 children, stages of 1, 2 and 4 fresh validation windows of 512
+tokens, from the best of uniform, OWL and the sensitivity ranking) at growing token budgets, its parent judged by
+perplexity on 32 fixed validation windows of 512 tokens (a draw that no search of seed 0-2 makes) and on the
+first 16 windows of ``python-docs`` (1024 tokens), in the dtype ``auto`` chooses; the rules judged the same way.
+Never the test split.
 
 Needs 01's sensitivity scan (``reports/offline/baseline.json``). Usage: python bench/race_step.py [RULE:STEP ...]
-[--criterion C] [--target T] [--budgets N,N] (default: fixed:0.025 fixed:0.05 adaptive:0.05 at 45% magnitude,
-130k and 260k tokens); the last line is one JSON object, also written to ``reports/race_step-<C>-<T%>.json`` with
-its provenance. About 5 minutes per variant at 260k tokens on a 2-core AVX512 CPU.
+[--criterion C] [--target T] [--budgets N,N] [--seeds N,N] (default: fixed:0.025 fixed:0.05 adaptive:0.05 at 45%
+magnitude, 130k and 260k tokens, seed 0); the last line is one JSON object, also written to
+``reports/race_step-<C>-<T%>.json`` (``-s<seeds>`` before ``.json`` for other seeds; ``--name``: another) with
+its provenance. About 5 minutes per variant and seed at 260k tokens on a 2-core AVX512 CPU.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -34,6 +37,9 @@ def main() -> None:
     parser.add_argument("--criterion", default="magnitude")
     parser.add_argument("--target", type=float, default=0.45)
     parser.add_argument("--budgets", default="130000,260000", help="token budgets, each continuing the last")
+    parser.add_argument("--seeds", default="0", help="the searches' seeds, comma-separated")
+    parser.add_argument("--name", help="writes reports/race_step-NAME.json (default: <criterion>-<target%%>, with "
+                                       "-s<seeds> for other seeds than 0)")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     dtype = hardware.resolve_dtype("auto")
@@ -54,21 +60,23 @@ def main() -> None:
     figures = {"criterion": args.criterion, "target": args.target, "dtype": dtype, "runs": [],
                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "rules": {name: judged(genome) for name, genome in allocations.items()}}
-    for variant in args.variants:
+    for variant, seed in itertools.product(args.variants, [int(s) for s in args.seeds.split(",")]):
         rule, step = variant.split(":")
         with tempfile.TemporaryDirectory() as out:
             for budget in budgets:  # each larger budget continues the smaller one's search
                 settings = Settings(**{**base.as_config(), "step_rule": rule, "step": float(step),
-                                       "budget_tokens": budget})
+                                       "budget_tokens": budget, "seed": seed})
                 objective = session.objective(settings)
                 search = optimize(objective, objective.pruner.gene_sizes(), settings, out, False, rules)
-                row = {"step_rule": rule, "step": float(step), "budget_tokens": budget,
-                       "generations": search.generation, "forward_tokens": search.evaluator.forward_tokens, "last_step": search.strategy.step,
+                row = {"step_rule": rule, "step": float(step), "seed": seed, "budget_tokens": budget,
+                       "generations": search.generation, "forward_tokens": search.evaluator.forward_tokens,
+                       "last_step": search.strategy.step,
                        **judged(search.best_genome)}
                 figures["runs"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     command = " ".join(["python", *sys.argv])
-    out = ROOT / "reports" / f"race_step-{args.criterion}-{round(args.target * 100)}.json"
+    seeds = "" if args.seeds == "0" else "-s" + args.seeds.replace(",", "")
+    out = ROOT / "reports" / f"race_step-{args.name or f'{args.criterion}-{round(args.target * 100)}{seeds}'}.json"
     write_json(out, {"figures": figures, "provenance": provenance(command=command)})
     print(json.dumps(figures))
 
