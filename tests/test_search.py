@@ -392,27 +392,20 @@ def test_race_reaches_the_known_optimum_through_the_noise():
 def test_race_step_grows_while_children_win_and_shrinks_when_they_stop():
     from evoprune.search import Race
     race = Race(config("race", step=0.05), EQUAL)
-    race.adapt_step(True, 1.0)
+    race.adapt_step(True)
     for _ in range(4):
-        race.adapt_step(False, 1.0)
+        race.adapt_step(False)
     assert race.step == pytest.approx(0.05)  # one success in five: the step holds (the 1/5 rule)
     for _ in range(10):
-        race.adapt_step(True, 1.0)
+        race.adapt_step(True)
     assert race.step == pytest.approx(0.2)  # at most 4x the configured step
     for _ in range(100):
-        race.adapt_step(False, 1.0)
+        race.adapt_step(False)
     assert race.step == pytest.approx(0.0125)  # at least a quarter of it
     fixed = Race(config("race", step=0.05, step_rule="fixed"), EQUAL)
     for success in (True, False, True):
-        fixed.adapt_step(success, 1.0)
+        fixed.adapt_step(success)
     assert fixed.step == 0.05
-    own = Race(config("race", step=0.05, step_rule="self"), EQUAL)
-    own.adapt_step(True, 0.08)
-    assert own.step == 0.08  # a winning child's own step (within the range): not grown
-    own.adapt_step(False, 1.0)
-    assert own.step == pytest.approx(0.08 * 1.5 ** -0.25)  # no winner: shrinks as the 1/5 rule does
-    own.adapt_step(True, 1.0)
-    assert own.step == pytest.approx(0.2)  # clipped to 4x the configured step
 
 
 def test_race_moves_grow_on_a_slope_and_the_checkpoint_keeps_them(tmp_path):
@@ -420,22 +413,6 @@ def test_race_moves_grow_on_a_slope_and_the_checkpoint_keeps_them(tmp_path):
     search = optimize(bowl, EQUAL, config("race", offspring=4, generations=4, step=0.025), tmp_path)
     assert search.strategy.step == pytest.approx(0.025 * 1.5 ** 3)
     assert json.loads((tmp_path / CHECKPOINT).read_text())["step"] == search.strategy.step
-
-
-def test_self_adaptive_children_spread_their_steps_and_the_winner_sets_the_next(tmp_path):
-    from evoprune.search import SELF_SPREAD, Race, genome_key
-    race = Race(config("race", offspring=16, step=0.05, step_rule="self"), EQUAL)
-    race.offspring([0.5] * len(EQUAL), np.random.default_rng(0))
-    steps = list(race.child_steps.values())
-    assert len(steps) == 16 and len(set(steps)) == 16
-    assert min(steps) >= 0.05 / SELF_SPREAD and max(steps) <= 0.05 * SELF_SPREAD
-    bowl = Bowl(EQUAL)  # noiseless; the last generation's child wins, and its step is the next one
-    search = optimize(bowl, EQUAL, config("race", offspring=4, generations=4, step=0.025, step_rule="self"),
-                      tmp_path)
-    winner = genome_key(search.population[0])
-    assert search.strategy.step == pytest.approx(search.strategy.child_steps[winner])
-    again = optimize(bowl, EQUAL, config("race", offspring=4, generations=4, step=0.025, step_rule="self"))
-    assert again.best_genome == search.best_genome and again.strategy.step == search.strategy.step
 
 
 def test_race_starts_from_the_best_rule_each_exactly_at_the_target():

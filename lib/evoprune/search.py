@@ -35,7 +35,7 @@ from evoprune.results import read_json, write_csv, write_json
 STRATEGIES = ("published", "elitist", "race")
 FITNESS_KINDS = ("ppl", "kl")
 CROSSOVERS = ("uniform", "blend", "none")
-STEP_RULES = ("adaptive", "self", "fixed")
+STEP_RULES = ("adaptive", "fixed")
 GENES = {"block": 1, "group": 2}
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -52,8 +52,6 @@ STEP_GROWTH = 1.5  # race: the step grows by this after a generation whose child
                    # fourth root after one whose did not (the 1/5 success rule: a step holds where one generation in
                    # five succeeds), within STEP_RANGE times the configured step
 STEP_RANGE = (0.25, 4.0)
-SELF_SPREAD = 2.0  # race, --step-rule self: a child's step lies between 1/SELF_SPREAD and SELF_SPREAD times the
-                   # current one (log-uniform)
 KEY_DECIMALS = 9
 
 CHECKPOINT, RESULT, HISTORY = "checkpoint.json", "result.json", "history.csv"
@@ -108,9 +106,7 @@ class Settings:
     step: float | None = option("rate moved per mutation step (race: the first generation's)", OWN, elitist=0.025,
                                 race=0.05)
     step_rule: str | None = option("adaptive (the step grows while children beat the parent and shrinks when they "
-                                   "stop: the 1/5 success rule), self (as adaptive, but each child draws its own "
-                                   "step around it and a winning child's step becomes it) or fixed", ("race",),
-                                   race="adaptive")
+                                   "stop: the 1/5 success rule) or fixed", ("race",), race="adaptive")
     max_moves: int | None = option("a mutation makes 1..max-moves steps", OWN, elitist=3, race=3)
     g_max: float | None = option("largest rate of a gene", OWN, elitist=0.9, race=0.9)
     low_windows: int | None = option("windows of the first, cheap scoring of children (race: of the first stage; "
@@ -432,16 +428,15 @@ class Race:
     def offspring(self, parent, rng: np.random.Generator, draw_moves=None) -> list[list[float]]:
         """Distinct children of 1..``max_moves`` moves (uniform; ``draw_moves(rng)``: another count, for benches)."""
         s = self.settings
-        seen, children, self.child_steps = {genome_key(parent)}, [], {}
+        seen, children = {genome_key(parent)}, []
         for _ in range(s.offspring * UNIQUE_TRIES):
             if len(children) == s.offspring:
                 break
             moves = int(draw_moves(rng) if draw_moves else rng.integers(1, s.max_moves + 1))
-            step = self.step * SELF_SPREAD ** rng.uniform(-1.0, 1.0) if s.step_rule == "self" else self.step
-            child = project(move_rates(parent, self.sizes, rng, step, moves, s.g_max), self.sizes, s.target, s.g_max)
+            child = project(move_rates(parent, self.sizes, rng, self.step, moves, s.g_max), self.sizes, s.target,
+                            s.g_max)
             if genome_key(child) not in seen:
                 seen.add(genome_key(child))
-                self.child_steps[genome_key(child)] = step
                 children.append(child.tolist())
         return children
 
@@ -456,23 +451,19 @@ class Race:
             order = np.argsort(scores, kind="stable")[:keep]
             alive, scores = [alive[i] for i in order], [scores[i] for i in order]
         parent_score = search.evaluator.many([parent], sample)[0]
-        self.adapt_step(scores[0] < parent_score, self.child_steps[genome_key(alive[0])])
+        self.adapt_step(scores[0] < parent_score)
         if scores[0] < parent_score:
             search.note_best(scores[0], None, force=True)
             return alive[:1], scores[:1]
         return [parent], [parent_score]
 
-    def adapt_step(self, success: bool, winner_step: float) -> None:
+    def adapt_step(self, success: bool) -> None:
         """Rechenberg's 1/5 success rule: larger moves while children keep beating the parent, smaller ones when
-        they stop (near an optimum, or where the samples' noise hides small gains). ``--step-rule self``: a
-        winning child's own step (``winner_step``) replaces the grown one, so the race also selects the move size.
-        ``--step-rule fixed``: none."""
-        rule = self.settings.step_rule
-        if rule == "fixed":
+        they stop (near an optimum, or where the samples' noise hides small gains). ``--step-rule fixed``: none."""
+        if self.settings.step_rule == "fixed":
             return
         low, high = self.settings.step * STEP_RANGE[0], min(self.settings.step * STEP_RANGE[1], self.settings.g_max)
-        grown = winner_step if success and rule == "self" else self.step * STEP_GROWTH ** (1.0 if success else -0.25)
-        self.step = float(np.clip(grown, low, high))
+        self.step = float(np.clip(self.step * STEP_GROWTH ** (1.0 if success else -0.25), low, high))
 
     def penalized(self, genome) -> bool:
         return False
