@@ -6,10 +6,9 @@ first 16 windows of ``python-docs`` (1024 tokens), in the dtype ``auto`` chooses
 Never the test split.
 
 Needs 01's sensitivity scan (``reports/offline/baseline.json``). Usage: python bench/race_step.py [RULE:STEP ...]
-[--criterion C] [--target T] [--budgets N,N] [--seeds N,N] (default: fixed:0.025 fixed:0.05 adaptive:0.05 at 45%
-magnitude, 130k and 260k tokens, seed 0); the last line is one JSON object, also written to
-``reports/race_step-<C>-<T%>.json`` (``-s<seeds>`` before ``.json`` for other seeds; ``--name``: another) with
-its provenance. About 5 minutes per variant and seed at 260k tokens on a 2-core AVX512 CPU.
+[--criterion C] [--target T] [--budgets N,N] [--seeds N,N] [--name NAME] (default: fixed:0.025 fixed:0.05
+adaptive:0.05 at 45% magnitude, 130k and 260k tokens, seed 0); the last line is one JSON object, also written to
+``reports/race_step-<NAME>.json`` (default NAME: ``<C>-<T%>``) with its provenance. About 5 minutes per variant and seed at 260k tokens on a 2-core AVX512 CPU.
 """
 from __future__ import annotations
 
@@ -38,8 +37,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.45)
     parser.add_argument("--budgets", default="130000,260000", help="token budgets, each continuing the last")
     parser.add_argument("--seeds", default="0", help="the searches' seeds, comma-separated")
-    parser.add_argument("--name", help="writes reports/race_step-NAME.json (default: <criterion>-<target%%>, with "
-                                       "-s<seeds> for other seeds than 0)")
+    parser.add_argument("--name", help="writes reports/race_step-NAME.json (default: <criterion>-<target%%>)")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     dtype = hardware.resolve_dtype("auto")
@@ -75,8 +73,7 @@ def main() -> None:
                 figures["runs"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     command = " ".join(["python", *sys.argv])
-    seeds = "" if args.seeds == "0" else "-s" + args.seeds.replace(",", "")
-    out = ROOT / "reports" / f"race_step-{args.name or f'{args.criterion}-{round(args.target * 100)}{seeds}'}.json"
+    out = ROOT / "reports" / f"race_step-{args.name or f'{args.criterion}-{round(args.target * 100)}'}.json"
     write_json(out, {"figures": figures, "provenance": provenance(command=command)})
     print(json.dumps(figures))
 
