@@ -8,7 +8,8 @@ Never the test split.
 Needs 01's sensitivity scan (``reports/offline/baseline.json``). Usage: python bench/race_step.py [RULE:STEP ...]
 [--criterion C] [--target T] [--budgets N,N] [--seeds N,N] [--name NAME] (default: fixed:0.025 fixed:0.05
 adaptive:0.05 at 45% magnitude, 130k and 260k tokens, seed 0); the last line is one JSON object, also written
-to ``reports/race_step-<NAME>.json`` (default NAME: ``<C>-<T%>``) with its provenance. About 5 minutes per variant and seed at 260k tokens on a 2-core AVX512 CPU.
+to ``reports/race_step-<NAME>.json`` (default NAME: ``<C>-<T%>``) with its provenance. About 5 minutes per
+variant and seed at 260k tokens on a 2-core AVX512 CPU.
 """
 from __future__ import annotations
 
