@@ -86,11 +86,15 @@ def test_budget_words_name_the_strategy_and_its_budget():
                                   "moves of 0.05 (adaptive step), 100,000 forward tokens")
     wanda_fixed = {**race, "wanda": {"step": 0.025, "step_rule": "fixed"}}
     assert budget_words(wanda_fixed) == budget_words(race) + "; wanda: moves of 0.025 (fixed step)"
+    wanda_budget = {**race, "wanda": {"step": 0.025, "budget_tokens": 150_000}}
+    assert budget_words(wanda_budget).endswith("; wanda: moves of 0.025 (adaptive step), 150,000 forward tokens")
     assert budget_words({"population": 6, "generations": 4}) == "the `elitist` strategy, population 6, generations 4"
 
 
 def test_wall_times_count_what_was_read_back_in_words():
     prov = {"notebook_wall_s": {"02": 10.0, "03": 20.0},
-            "notebook_read_back": {"02": {"searches": 1, "measurements": 2}, "03": {"searches": 0, "measurements": 1}}}
-    assert wall_times(prov) == ("02 10 s (1 search and 2 measurements read back), "
-                                "03 20 s (0 searches and 1 measurement read back); 30 s in all")
+            "notebook_read_back": {"02": {"searches": 1, "measurements": 2}, "03": {"searches": 0, "measurements": 1}},
+            "notebook_forward_tokens": {"02": {"float32": 4096, "bfloat16": 1024}}}
+    assert wall_times(prov) == ("02 10 s (4,096 float32 and 1,024 bfloat16 forward tokens; "
+                                "1 search and 2 measurements read back); "
+                                "03 20 s (0 searches and 1 measurement read back); 30 s (0.5 min) in all")

@@ -62,6 +62,8 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
                        "notebook_wall_s": {k: v["wall_s"] for k, v in records["timings"].items()},
                        "notebook_read_back": {k: v["read_back"] for k, v in records["timings"].items()
                                               if "read_back" in v},
+                       "notebook_forward_tokens": {k: v["forward_tokens"] for k, v in records["timings"].items()
+                                                   if "forward_tokens" in v},
                        "recorded_at": {name: records[name]["provenance"]["recorded_at"] for name in RECORDS}},
         "parameter_counts": baseline["parameter_counts"],
         "dense": {k: baseline["dense"][k] for k in ("test_ppl", "study_ppl")},
@@ -583,6 +585,17 @@ def step_words(cfg: dict) -> str:
             f"({cfg.get('step_rule', defaults.step_rule)} step)")
 
 
+def limit_words(cfg: dict) -> str:
+    """What stops a race: its budget in forward tokens, or its number of generations."""
+    return (f"{cfg['budget_tokens']:,} forward tokens" if cfg.get("budget_tokens")
+            else f"{cfg.get('generations')} generations")
+
+
+def criterion_words(cfg: dict) -> str:
+    """What a methods budget changes for one criterion: its moves, and its own budget where it names one."""
+    return step_words(cfg) + (f", {limit_words(cfg)}" if cfg.get("budget_tokens") else "")
+
+
 def budget_words(cfg: dict | None) -> str:
     """A search's budget in a few words (and the settings a methods budget gives one criterion)."""
     if not cfg:
@@ -590,11 +603,9 @@ def budget_words(cfg: dict | None) -> str:
     strategy = cfg.get("strategy", "elitist")
     if strategy == "race":
         stages = ", ".join(str(cfg.get("low_windows", 1) * 2 ** k) for k in range(cfg.get("stages", 3)))
-        limit = (f"{cfg['budget_tokens']:,} forward tokens" if cfg.get("budget_tokens")
-                 else f"{cfg.get('generations')} generations")
-        own = "".join(f"; {name}: {step_words(sub)}" for name, sub in cfg.items() if isinstance(sub, dict))
+        own = "".join(f"; {name}: {criterion_words(sub)}" for name, sub in cfg.items() if isinstance(sub, dict))
         return (f"the `race` strategy, (1 + {cfg.get('offspring', 16)}) on fresh samples of {stages} windows of "
-                f"{cfg.get('seq_len', 1024)} tokens, {step_words(cfg)}, {limit}{own}")
+                f"{cfg.get('seq_len', 1024)} tokens, {step_words(cfg)}, {limit_words(cfg)}{own}")
     parts = [f"{key} {cfg[key]}" for key in ("population", "generations", "fitness_windows") if key in cfg]
     return f"the `{strategy}` strategy, " + ", ".join(parts)
 
@@ -623,9 +634,17 @@ def findings(summary: dict) -> str:
                  f"({m.get('removal_windows', m['test_windows'])} test windows, {m.get('removal_dtype', m['dtype'])}); "
                  f"the removal GA's best set of {ga['settings']['k']} blocks "
                  f"({ga['evaluations']} evaluations) gives {ga['test']['test_ppl']:.4g}.")
-    lines.append(f"Notebook wall times: {wall_times(summary['provenance'])}, as recorded when 04_analysis wrote this "
-                 f"summary.")
+    lines.append(run_words(summary["provenance"]))
     return "\n".join(lines)
+
+
+def run_words(prov: dict) -> str:
+    """Where and how the run was made: its commit, the machine, the search fitness dtype and the wall times."""
+    hw = prov["hardware"]
+    dtypes = sorted({b["dtype"] for b in prov.get("budgets", {}).values() if "dtype" in b})
+    return (f"Run at commit {prov['git_commit'][:7]} on {hw['cpu']} (CPU capability {hw.get('capability')}, "
+            f"{hw['cores']} cores), search fitness in {', '.join(dtypes) or 'not recorded'}. Notebook wall times: "
+            f"{wall_times(prov)}, as recorded when 04_analysis wrote this summary.")
 
 
 def counted(n: int, noun: str) -> str:
@@ -634,15 +653,19 @@ def counted(n: int, noun: str) -> str:
 
 
 def wall_times(prov: dict) -> str:
-    """Each notebook's wall time, with what it read back (from the measurement log, or finished searches) instead
-    of computing: a resumed notebook's time is not a whole run's."""
+    """Each notebook's wall time and forward tokens, with what it read back (from the measurement log, or finished
+    searches) instead of computing: a resumed notebook's time is not a whole run's."""
     walls, parts = prov["notebook_wall_s"], []
     for name, wall in sorted(walls.items()):
+        tokens = prov.get("notebook_forward_tokens", {}).get(name, {})
         back = prov.get("notebook_read_back", {}).get(name, {})
-        note = (f" ({counted(back['searches'], 'search')} and {counted(back['measurements'], 'measurement')} "
-                f"read back)" if any(back.values()) else "")
-        parts.append(f"{name} {wall:.0f} s{note}")
-    return (", ".join(parts) + f"; {sum(walls.values()):.0f} s in all") if parts else "not recorded"
+        notes = ([" and ".join(f"{n:,} {dtype}" for dtype, n in tokens.items()) + " forward tokens"] if tokens else [])
+        if any(back.values()):
+            notes.append(f"{counted(back['searches'], 'search')} and {counted(back['measurements'], 'measurement')} "
+                         f"read back")
+        parts.append(f"{name} {wall:.0f} s" + (f" ({'; '.join(notes)})" if notes else ""))
+    total = sum(walls.values())
+    return ("; ".join(parts) + f"; {total:.0f} s ({total / 60:.1f} min) in all") if parts else "not recorded"
 
 
 def search_lines(summary: dict) -> str:
