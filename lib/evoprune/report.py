@@ -415,7 +415,7 @@ fitness saw), float32, primary protocol.
 - data setting `{data['setting']}`:
 {splits}
 - git commit `{prov['git_commit']}`; python {prov['python']}; {packages}
-- hardware: {prov['hardware']['cpu']} ({prov['hardware']['cores']} cores), GPU {prov['hardware']['cuda'] or 'none'}
+- hardware: {machine_words(prov['hardware'])}, GPU {prov['hardware']['cuda'] or 'none'}
 - seeds: search {prov['seeds']['search']}, study windows {prov['seeds']['study_windows']}
 - search budgets:
 {budgets}
@@ -640,11 +640,15 @@ def findings(summary: dict) -> str:
 
 def run_words(prov: dict) -> str:
     """Where and how the run was made: its commit, the machine, the search fitness dtype and the wall times."""
-    hw = prov["hardware"]
     dtypes = sorted({b["dtype"] for b in prov.get("budgets", {}).values() if "dtype" in b})
-    return (f"Run at commit {prov['git_commit'][:7]} on {hw['cpu']} (CPU capability {hw.get('capability')}, "
-            f"{hw['cores']} cores), search fitness in {', '.join(dtypes) or 'not recorded'}. Notebook wall times: "
+    return (f"Run at commit {prov['git_commit'][:7]} on {machine_words(prov['hardware'])}, search fitness in "
+            f"{', '.join(dtypes) or 'not recorded'}. Notebook wall times: "
             f"{wall_times(prov)}, as recorded when 04_analysis wrote this summary.")
+
+
+def machine_words(hw: dict) -> str:
+    """The CPU a run was made on, its core count and what torch reports it can do (AVX2, AVX512, ...)."""
+    return f"{hw['cpu']} ({hw['cores']} cores, CPU capability {hw.get('capability')})"
 
 
 def counted(n: int, noun: str) -> str:
