@@ -6,8 +6,9 @@ first 16 windows of ``python-docs`` (1024 tokens), in the dtype ``auto`` chooses
 Never the test split.
 
 Needs 01's sensitivity scan (``reports/offline/baseline.json``). Usage: python bench/race_step.py [RULE:STEP ...]
-[--criterion C] [--target T] [--budgets N,N] [--seeds N,N] [--name NAME] (default: fixed:0.025 fixed:0.05
-adaptive:0.05 at 45% magnitude, 130k and 260k tokens, seed 0); the last line is one JSON object, also written
+[--criterion C] [--target T] [--genes block|group] [--budgets N,N] [--seeds N,N] [--name NAME] (default:
+fixed:0.025 fixed:0.05 adaptive:0.05 at 45% magnitude, one rate per block, 130k and 260k tokens, seed 0; ``group``:
+an attention and an MLP rate per block, the rules' block rates given to both); the last line is one JSON object, also written
 to ``reports/race_step-<NAME>.json`` (default NAME: ``<C>-<T%>``) with its provenance. About 5 minutes per
 variant and seed at 260k tokens on a 2-core AVX512 CPU.
 """
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=["fixed:0.025", "fixed:0.05", "adaptive:0.05"])
     parser.add_argument("--criterion", default="magnitude")
     parser.add_argument("--target", type=float, default=0.45)
+    parser.add_argument("--genes", default="block", help="block (one rate per block) or group (attention and MLP)")
     parser.add_argument("--budgets", default="130000,260000", help="token budgets, each continuing the last")
     parser.add_argument("--seeds", default="0", help="the searches' seeds, comma-separated")
     parser.add_argument("--name", help="writes reports/race_step-NAME.json (default: <criterion>-<target%%>)")
@@ -53,10 +55,10 @@ def main() -> None:
                 for text, wins in judges.items()}
 
     base = Settings(model="smollm2-135m", data=default_data(), target=args.target, criterion=args.criterion,
-                    strategy="race", seq_len=512, dtype=dtype)
+                    strategy="race", seq_len=512, dtype=dtype, genes=args.genes)
     rules = rule_allocations(session, base, sensitivity)
     allocations = {"uniform": [args.target] * session.n_blocks, **rules}
-    figures = {"criterion": args.criterion, "target": args.target, "dtype": dtype, "runs": [],
+    figures = {"criterion": args.criterion, "target": args.target, "genes": args.genes, "dtype": dtype, "runs": [],
                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "rules": {name: judged(genome) for name, genome in allocations.items()}}
     for variant, seed in itertools.product(args.variants, [int(s) for s in args.seeds.split(",")]):
