@@ -119,7 +119,9 @@ def layer_profile(ga_genomes: dict[str, list[float] | list[list[float]]], unifor
     if uniform is not None:
         ax.axhline(uniform * 100, color="tab:blue", ls=":", label=f"uniform {uniform:.0%}")
     ax.set(xlabel="block", ylabel="pruning rate (%)", title="Layer-wise pruning profile")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8)  # below: the ends matter
+    long_labels = max(len(label) for label in ax.get_legend_handles_labels()[1]) > 45  # two columns would not fit
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17 if long_labels else -0.13), ncol=1 if long_labels else 2,
+              fontsize=8)  # below the axes: the ends matter
     return fig
 
 

@@ -173,8 +173,17 @@ def race_progress(paths: ReportPaths, ga_rows: list[dict]) -> dict[str, list[dic
 
 
 def layer_profiles(summary: dict) -> dict[str, list[list[float]]]:
-    """Figure 2's input: the best genome of each search, one per seed."""
-    return {name: [row["genome"] for row in rows] for name, rows in seed_groups(summary["ga"]).items()}
+    """Figure 2's input: the best genome of each search, one per seed, one rate per block. A search with an
+    attention and an MLP rate per block (``--genes group``, stored in turn) gives two profiles."""
+    n_blocks, profiles = summary["parameter_counts"]["n_blocks"], {}
+    for name, rows in seed_groups(summary["ga"]).items():
+        genomes = [row["genome"] for row in rows]
+        if len(genomes[0]) == 2 * n_blocks:
+            profiles[f"{name} attention"] = [g[0::2] for g in genomes]
+            profiles[f"{name} MLP"] = [g[1::2] for g in genomes]
+        else:
+            profiles[name] = genomes
+    return profiles
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:
