@@ -142,8 +142,8 @@ def test_debounce_coalesces_triggers():
 
 
 def test_debounced_panel_measures_in_the_background(tiny, calibration):
-    panel = PrunePanel(tiny.model, calibration, debounce_s=0.2)
-    panel.sliders[0].value = 0.9
+    panel = PrunePanel(tiny.model, calibration, debounce_s=2.0)  # long enough that a loaded CI machine reaches
+    panel.sliders[0].value = 0.9                                  # the next line first (0.2 s did not once)
     assert panel.pruner.genome[0] == 0.0  # nothing measured yet: the change only scheduled a measurement
     deadline = time.time() + 30
     while (panel.busy or panel.pruner.genome != panel.genome) and time.time() < deadline:
