@@ -27,6 +27,7 @@ data = None  # a directory (relative to the repository root), "wikitext2" (hub),
 interactive = False  # show the pruning panel (loads the model)
 panel_windows = 2  # calibration windows the panel scores on every change
 panel_seq_len = 256
+panel_genes = "block"  # one slider per block, or "group": attention and MLP sliders, the genes of the searches
 dtype = "auto"  # of the panel's live perplexity (auto: bfloat16 where measured fast)
 
 # %%
@@ -90,5 +91,6 @@ print(f"wrote {paths.summary} and {paths.report_md}")
 # %%
 if interactive:
     from evoprune.widgets import open_panel
-    panel = open_panel(model, data, paths, summary["ga"][0]["min_sparsity"], panel_windows, panel_seq_len, dtype)
+    panel = open_panel(model, data, paths, summary["ga"][0]["min_sparsity"], panel_windows, panel_seq_len, dtype,
+                       genes=panel_genes)
     display(panel.widget)

@@ -103,3 +103,10 @@ def test_a_criterion_entry_of_the_method_budget_overrides_only_that_criterion():
                                                              "budget_tokens": 60000, "step_rule": "fixed"}
     assert experiments.criterion_budget(budget, "magnitude") == {"strategy": "race", "step": 0.05,
                                                                  "budget_tokens": 60000}
+
+
+def test_genome_table_splits_attention_and_mlp_rates_per_block():
+    rows = [{"run": "published", "genome": [0.1, 0.2]}, {"run": "race", "genome": [0.3, 0.4, 0.5, 0.6]}]
+    assert experiments.genome_table(rows, 2) == [
+        {"block": 0, "GA published": 0.1, "GA race attention": 0.3, "GA race MLP": 0.4},
+        {"block": 1, "GA published": 0.2, "GA race attention": 0.5, "GA race MLP": 0.6}]

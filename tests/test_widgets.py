@@ -108,6 +108,8 @@ def test_presets_set_the_sliders(tiny, calibration, tmp_path):
     paths = report_paths("t", tmp_path)
     ga = [0.3 + 0.02 * i for i in range(12)]
     write_json(paths.search("default") / "result.json", {"genome": ga})
+    write_json(paths.search("group") / "result.json", {"genome": ga * 2})  # attention and MLP genes: not these
+    write_json(paths.search("removal") / "result.json", {"removed": [3, 7]})  # whole blocks: no rates
     presets = default_presets(12, 0.45, paths)
     assert list(presets) == ["uniform 45%", "GA best (default)", "the study's published GA (GPT-2)"]
     panel = PrunePanel(tiny.model, calibration, presets=presets, debounce_s=0)

@@ -394,8 +394,8 @@ def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criteri
     rows = [ga_row(result, name) for name, result in results.items()]
     rules, rule_table = {}, []
     for s in settings.values():
-        if s.strategy != "published" and s.genes == "block" and (s.criterion, s.target) not in rules:
-            rules[s.criterion, s.target] = rule_allocations(session, s, sensitivity)
+        if s.strategy != "published" and (s.criterion, s.target) not in rules:  # the rules: one rate per block
+            rules[s.criterion, s.target] = rule_allocations(session, replace(s, genes="block"), sensitivity)
             rule_table += rule_rows(session, s.criterion, s.target, rules[s.criterion, s.target], test_windows)
     held_out = [generalization(session, result, name, test_windows if docs_windows is None else docs_windows,
                                rules.get((settings[name].criterion, settings[name].target)))
@@ -403,7 +403,7 @@ def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criteri
     overfit = [overfitting(session, result, name) for name, result in results.items()]
     histories = {name: read_csv(paths.search(name) / "history.csv") for name in results}
     write_table(held_out, paths.table("generalization"))
-    write_table(genome_table(rows), paths.table("ga_genomes"))
+    write_table(genome_table(rows, session.n_blocks), paths.table("ga_genomes"))
     write_table([{"run": name, **row} for name, rows in histories.items() for row in rows], paths.table("convergence"))
     write_table(rule_table, paths.table("rules_at_target"))
     write_table(overfit, paths.table("overfitting"))
@@ -413,9 +413,14 @@ def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criteri
                   test_windows=test_windows, study_windows=study_windows, docs_windows=docs_windows)
 
 
-def genome_table(rows: list[dict]) -> list[dict]:
-    """One row per gene: each search's best rate."""
-    return [{"gene": i, **{f"GA {r['run']}": r["genome"][i] for r in rows}} for i in range(len(rows[0]["genome"]))]
+def genome_table(rows: list[dict], n_blocks: int) -> list[dict]:
+    """One row per block: each search's best rate, or its attention and MLP rates (``--genes group``)."""
+    def rates(genome: list[float], block: int) -> dict[str, float]:
+        if len(genome) == 2 * n_blocks:
+            return {"attention": genome[2 * block], "MLP": genome[2 * block + 1]}
+        return {"": genome[block]}
+    return [{"block": b, **{f"GA {r['run']} {group}".rstrip(): rate for r in rows
+                            for group, rate in rates(r["genome"], b).items()}} for b in range(n_blocks)]
 
 
 def criterion_budget(budget: dict, criterion: str) -> dict:

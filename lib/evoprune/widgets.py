@@ -18,10 +18,10 @@ import ipywidgets as w
 import torch
 from matplotlib.figure import Figure
 
-from evoprune import perplexity
+from evoprune import EvopruneError, perplexity
 from evoprune.hardware import resolve_dtype
 from evoprune.pruning import Pruner
-from evoprune.search import project
+from evoprune.search import GENES, project
 from evoprune.results import ReportPaths, read_json, study_published, write_json
 
 CUSTOM = "(custom)"
@@ -33,8 +33,8 @@ def default_presets(n_genes: int, target: float, paths: ReportPaths | None = Non
     presets = {f"uniform {target:.0%}": [target] * n_genes}
     if paths is not None:
         for result in sorted(paths.reports.glob("search/*/result.json")):
-            genome = read_json(result)["genome"]
-            if len(genome) == n_genes:
+            genome = read_json(result).get("genome")  # a block-removal search has none
+            if genome is not None and len(genome) == n_genes:
                 presets[f"GA best ({result.parent.name})"] = genome
     study = study_published()["ga"]["genome"]
     if len(study) == n_genes:
@@ -245,14 +245,17 @@ class PrunePanel:
 
 def open_panel(model: str, data: str, paths: ReportPaths, target: float = 0.45, n_windows: int = 2,
                seq_len: int = 256, dtype: str = "auto", debounce_s: float = 0.5,
-               initial: str | list[float] | None = None) -> PrunePanel:
+               initial: str | list[float] | None = None, genes: str = "block") -> PrunePanel:
     """A panel on a fresh copy of ``model``, scored on the first validation windows, with the presets of the
     profile's reports and export to ``reports/<profile>/panel_genome.json``. It opens uniform at ``target``, or
-    at ``initial``: a genome or a preset's name, e.g. ``"GA best (default)"``."""
+    at ``initial``: a genome or a preset's name, e.g. ``"GA best (default)"``. ``genes``: one slider per block,
+    or (``group``) an attention and an MLP slider per block; the presets are the searches with those genes."""
     from evoprune.session import Session
+    if genes not in GENES:
+        raise EvopruneError(f"genes={genes!r}: use one of {', '.join(GENES)}.")
     session, dtype = Session(model, data), resolve_dtype(dtype)
     windows = perplexity.windows(session.tokens("validation").ids, seq_len, n_windows)
-    pruner = session.pruner("magnitude", 1, dtype)
+    pruner = session.pruner("magnitude", GENES[genes], dtype)
     return PrunePanel(pruner.model, windows, pruner, default_presets(pruner.n_genes, target, paths), target,
                       debounce_s=debounce_s, dtype=dtype, export_path=paths.reports / "panel_genome.json",
                       initial=initial)
