@@ -554,11 +554,15 @@ def downstream_study(session: Session, paths: ReportPaths, tasks: list[str], lim
     windows = {"magnitude": test_windows, "wanda": method_windows}
     rows = []
     for criterion, genomes in plan.items():
-        pruner = session.pruner(criterion)
-        for row in accuracy_rows(pruner.model, session.tokenizer, pruner, genomes, tasks, limit, data=session.data):
-            ppl = session.measure(session.apply(row["genome"], criterion), "primary", windows[criterion])
-            rows.append({"criterion": criterion, **{k: v for k, v in row.items() if k != "genome"},
-                         "test_ppl": ppl.ppl, "test_windows": ppl.n_windows})
+        by_genes = {}  # one pruner per gene layout: block genes, or attention and MLP genes
+        for name, genome in genomes.items():
+            by_genes.setdefault(session.genes_per_block(genome), {})[name] = genome
+        for per_block, chosen in by_genes.items():
+            pruner = session.pruner(criterion, per_block)
+            for row in accuracy_rows(pruner.model, session.tokenizer, pruner, chosen, tasks, limit, data=session.data):
+                ppl = session.measure(session.apply(row["genome"], criterion), "primary", windows[criterion])
+                rows.append({"criterion": criterion, **{k: v for k, v in row.items() if k != "genome"},
+                             "test_ppl": ppl.ppl, "test_windows": ppl.n_windows})
     session.restore()
     write_table(rows, paths.table("downstream"))
     record(paths, "downstream", "03_ga_search", session, {"rows": rows, "target": target}, tasks=tasks,

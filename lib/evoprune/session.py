@@ -106,10 +106,13 @@ class Session:
         if key is not None:
             self._pruners[key].restore()
 
+    def genes_per_block(self, genome) -> int:
+        """2 for a rate vector with an attention and an MLP rate per block, else 1 (a number counts as either)."""
+        return 2 if isinstance(genome, (list, tuple)) and len(genome) == 2 * self.n_blocks else 1
+
     def apply(self, genome, criterion: str = "magnitude", dtype: str = REPORTED_DTYPE) -> Pruner:
         """Prune to a rate vector (one rate per block, per block x group, or one number for all)."""
-        genes_per_block = 2 if isinstance(genome, (list, tuple)) and len(genome) == 2 * self.n_blocks else 1
-        pruner = self.pruner(criterion, genes_per_block, dtype)
+        pruner = self.pruner(criterion, self.genes_per_block(genome), dtype)
         pruner.apply(genome)
         return pruner
 
