@@ -15,7 +15,7 @@ def test_seeds_of_one_search_are_grouped_and_compared():
     summary = {"ga": [run("race-s0", 0, [0.4, 0.5, 0.6], 100.0), run("race-s1", 1, [0.45, 0.5, 0.55], 110.0),
                       run("race-s2", 2, [0.6, 0.5, 0.4], 120.0), run("elitist", 0, [0.5] * 3, 150.0, "elitist")],
                "parameter_counts": {"n_blocks": 3}}
-    assert layer_profiles(summary) == {"race-s0 (3 seeds)": [[0.4, 0.5, 0.6], [0.45, 0.5, 0.55], [0.6, 0.5, 0.4]],
+    assert layer_profiles(summary) == {"race-s0": [[0.4, 0.5, 0.6], [0.45, 0.5, 0.55], [0.6, 0.5, 0.4]],
                                        "elitist": [[0.5] * 3]}
     (row,) = seed_table(summary)
     assert row["seeds"] == [0, 1, 2] and row["test_ppl_mean"] == pytest.approx(110.0)
@@ -27,8 +27,8 @@ def test_seeds_of_one_search_are_grouped_and_compared():
 def test_a_search_with_attention_and_mlp_rates_gives_two_profiles_per_block():
     summary = {"ga": [run("race-s0", 0, [0.2, 0.5, 0.3, 0.6], 90.0), run("race-s1", 1, [0.25, 0.55, 0.3, 0.5], 95.0)],
                "parameter_counts": {"n_blocks": 2}}
-    assert layer_profiles(summary) == {"race-s0 (2 seeds) attention": [[0.2, 0.3], [0.25, 0.3]],
-                                       "race-s0 (2 seeds) MLP": [[0.5, 0.6], [0.55, 0.5]]}
+    assert layer_profiles(summary) == {"race-s0 attention": [[0.2, 0.3], [0.25, 0.3]],
+                                       "race-s0 MLP": [[0.5, 0.6], [0.55, 0.5]]}
 
 
 def test_rank_correlation_is_spearmans_rho_with_shared_ranks_for_ties():
