@@ -731,6 +731,10 @@ def bench_section(bench: dict) -> str:
     scored = (f"One race generation ({w['children']} children raced on fresh samples of "
               f"{', '.join(map(str, w['stage_windows']))} windows of {w['seq_len']} tokens, then the parent)"
               if "stage_windows" in w else f"One generation's {w['children']} children")
+    prefix = (f"Prefix reuse: the short race search ({figures['prefix_search']['offspring']} children, "
+              f"{figures['prefix_search']['generations']} generations), best of two runs each way; the reusing runs "
+              f"skipped {figures['prefix_blocks_skipped']:.1%} of their block forwards.\n"
+              if "prefix_blocks_skipped" in figures else "")
     return f"""{BENCH_BEGIN}
 <!-- generated from reports/bench.json by `make readme`; edit report.bench_section, not this -->
 `make bench` at commit `{bench['provenance']['git_commit'][:12]}` on {hardware['cpu']} ({hardware['cores']} cores,
@@ -739,7 +743,7 @@ def bench_section(bench: dict) -> str:
 GFLOP/s fp32):
 
 {markdown_table(rows)}
-Search cost ("the main search needed"): {how}.
+{prefix}Search cost ("the main search needed"): {how}.
 Forward time of SmolLM2 with blocks removed, over the whole model (medians of interleaved rounds): {latency}.
 {scored} in {w['dtype']} on 2 processes x 1 thread against 1 process x 2 threads:
 {w['serial_1x2_s'] / w['process_2x1_s']:.2f}x as fast, {'the same' if w['process_identical'] else '**different**'}
