@@ -1,10 +1,10 @@
 """Prefix reuse of hidden states (``evoprune.prefix``) on SmolLM2-135M, float32, validation windows: time of
 scoring genomes with a default ``PrefixScorer`` over plain forwards, on two mutation mixes, fitness checked equal.
 
-  * ``evopress``: one stage of ``search.Race`` (EvoPress-style): the parent's children (1-3 level switches:
-    ``search.move_rates`` between two random genes) in ``prefix.scoring_order``, then the parent re-scored, all
+  * ``evopress``: one stage of ``strategies.Race`` (EvoPress-style): the parent's children (1-3 level switches:
+    ``strategies.move_rates`` between two random genes) in ``prefix.scoring_order``, then the parent re-scored, all
     on the same windows;
-  * ``default``: this project's default optimizer (``search.Elitist.offspring``: tournament parents, uniform
+  * ``default``: this project's default optimizer (``strategies.Elitist.offspring``: tournament parents, uniform
     crossover, projection onto the target, 1-3 rate moves); its population is scored first (untimed), then the
     children.
 
@@ -23,21 +23,22 @@ import time
 import numpy as np
 import torch
 
-from evoprune import perplexity, search
+from evoprune import perplexity, search, strategies
 from evoprune.data import default_data, load_tokens
 from evoprune.models import load_model
 from evoprune.prefix import EVERY, PrefixScorer, block_state, genome_counts, scoring_order, shared_prefix
 from evoprune.pruning import Pruner
-from evoprune.results import ROOT, provenance, write_json
+from evoprune.provenance import provenance
+from evoprune.records import ROOT, write_json
 
 TARGET, POPULATION, SAMPLES = 0.45, 8, 2000
 
 
-def strategies(sizes, offspring: int) -> tuple[search.Elitist, search.Race]:
+def two_strategies(sizes, offspring: int) -> tuple[strategies.Elitist, strategies.Race]:
     """The project's default optimizer and its EvoPress-style race, with their default operators."""
-    settings = {"model": "smollm2-135m", "target": TARGET, "offspring": offspring}
-    return (search.Elitist(search.Settings(**settings, population=POPULATION), sizes),
-            search.Race(search.Settings(**settings, strategy="race"), sizes))
+    settings = {"target": TARGET, "offspring": offspring}
+    return (strategies.Elitist(search.Settings(**settings, population=POPULATION), sizes),
+            strategies.Race(search.Settings(**settings, strategy="race"), sizes))
 
 
 def skipped(state, sources: list, every: int = EVERY) -> int:
@@ -53,14 +54,14 @@ def skipped_in_turn(sequence: list, sources: list, keep: int | None, every: int 
                for i, state in enumerate(sequence))
 
 
-def fewer_moves_offspring(race: search.Race, parent, rng) -> list[list[float]]:
+def fewer_moves_offspring(race: strategies.Race, parent, rng) -> list[list[float]]:
     """``Race.offspring`` with EvoPress's number of moves, min(randint(1, 3), randint(1, 3)) (1, 2, 3 moves with
     probabilities 5/9, 3/9, 1/9), instead of this project's uniform 1..3."""
     top = race.settings.max_moves + 1
     return race.offspring(parent, rng, lambda r: min(r.integers(1, top), r.integers(1, top)))
 
 
-def race_generation(race: search.Race, parent, state, rng, offspring=None, every: int = EVERY) -> tuple[int, int]:
+def race_generation(race: strategies.Race, parent, state, rng, offspring=None, every: int = EVERY) -> tuple[int, int]:
     """Blocks skipped and blocks needed (x windows) in one race generation: each stage's children in
     ``scoring_order``, each reusing the one before (as many as reusing all before, in any order), survivors drawn
     at random (fitness is not modelled), then the parent on the last stage's sample, reusing that stage's.
@@ -79,13 +80,13 @@ def race_generation(race: search.Race, parent, state, rng, offspring=None, every
 
 def analytic(pruner, rng) -> dict:
     """Expected share of block forwards skipped, from sampled genomes (no model runs), at the scorer's ``EVERY``.
-    ``race``: generations of ``search.Race`` (8 children, stages of 1, 2, 4 windows, parent last); also with every
+    ``race``: generations of ``strategies.Race`` (8 children, stages of 1, 2, 4 windows, parent last); also with every
     boundary stored, and with EvoPress's bias towards fewer moves (``fewer_moves_offspring``). EvoPress with
     the parent scored first: ``parent_first`` (children in any order, each reusing the parent) and ``sorted``
     (parent and children in ``scoring_order``, each reusing the one before). Elitist: children only, the population
     kept from earlier generations. Published: a whole generation, elites re-scored."""
     state = lambda g: block_state(pruner, genome_counts(pruner, g))  # noqa: E731
-    elitist, race = strategies(pruner.gene_sizes(), POPULATION)
+    elitist, race = two_strategies(pruner.gene_sizes(), POPULATION)
     population = elitist.initial_population(rng)
     parents = [state(p) for p in population]
     n, out = pruner.n_blocks, {}
@@ -99,7 +100,7 @@ def analytic(pruner, rng) -> dict:
         first, ordered = [], []
         for _ in range(max(1, SAMPLES // (offspring * POPULATION))):
             for genome, parent in zip(population, parents):
-                children = [state(search.move_rates(genome, race.sizes, rng, race.settings.step,
+                children = [state(strategies.move_rates(genome, race.sizes, rng, race.settings.step,
                                                     int(rng.integers(1, race.settings.max_moves + 1)),
                                                     race.settings.g_max)) for _ in range(offspring)]
                 first.append(skipped_in_turn(children, [parent], 0) / ((offspring + 1) * n))
@@ -112,7 +113,7 @@ def analytic(pruner, rng) -> dict:
         children = [state(elitist.child(population, fitness, rng)) for _ in range(POPULATION)]
         rows["elitist_children"].append(skipped_in_turn(children, parents, 0) / (POPULATION * n))
         rows["elitist_children_sorted"].append(skipped_in_turn(sorted(children), parents, 1) / (POPULATION * n))
-        generation = [state(g) for g in search.published_offspring(population, fitness, rng)]
+        generation = [state(g) for g in strategies.published_offspring(population, fitness, rng)]
         rows["published_generation"].append(skipped_in_turn(generation, generation[: POPULATION // 2], 0)
                                             / (POPULATION * n))
     out.update({key: np.mean(values) for key, values in rows.items()})
@@ -152,7 +153,7 @@ def main() -> None:
     wins = perplexity.windows(load_tokens(loaded.tokenizer, default_data(), "validation").ids, 1024, args.windows)
     pruner = Pruner(loaded.model)
     rng = np.random.default_rng(0)
-    elitist, race = strategies(pruner.gene_sizes(), args.children)
+    elitist, race = two_strategies(pruner.gene_sizes(), args.children)
     population = elitist.initial_population(rng)
     pruner.apply(population[0])
     perplexity.primary(pruner.model, wins)  # warm-up

@@ -21,9 +21,12 @@ from evoprune import hardware, perplexity
 from evoprune.data import default_data
 from evoprune.experiments import sensitivity_ppl
 from evoprune.pruning import sensitivity_rates
-from evoprune.results import ROOT, provenance, report_paths, write_json
-from evoprune.search import Race, Settings, project
-from evoprune.session import Session, fresh_windows
+from evoprune.provenance import provenance
+from evoprune.records import report_paths, ROOT, write_json
+from evoprune.objective import fresh_windows
+from evoprune.search import Settings
+from evoprune.session import Session
+from evoprune.strategies import Race, project
 
 N_WINDOWS, BATCH = 32, 4
 
@@ -57,8 +60,7 @@ def main() -> None:
     dtype_name = hardware.resolve_dtype("auto")
     dtype = perplexity.get_dtype(dtype_name)
     session = Session("smollm2-135m", default_data())
-    settings = Settings(model="smollm2-135m", data=default_data(), target=0.45, strategy="race", seq_len=512,
-                        dtype=dtype_name)
+    settings = Settings(target=0.45, strategy="race")
     pruner = session.pruner("magnitude", 1, dtype_name)
     sizes = pruner.gene_sizes()
     sensitivity = sensitivity_ppl(report_paths("offline"))

@@ -24,10 +24,13 @@ import torch
 
 from evoprune import hardware, perplexity
 from evoprune.data import PYTHON_DOCS, default_data
-from evoprune.experiments import rule_allocations, sensitivity_ppl
-from evoprune.results import ROOT, provenance, report_paths, write_json
-from evoprune.search import Settings, optimize
-from evoprune.session import Session, fresh_windows
+from evoprune.experiments import sensitivity_ppl
+from evoprune.objective import build_objective, fresh_windows, split_settings
+from evoprune.provenance import provenance
+from evoprune.records import report_paths, ROOT, write_json
+from evoprune.search import optimize
+from evoprune.search_runs import rule_allocations
+from evoprune.session import Session
 
 JUDGE_DRAW = (99, 0, 0)
 
@@ -54,9 +57,9 @@ def main() -> None:
         return {text: perplexity.primary(model, wins, 4, perplexity.get_dtype(dtype)).ppl
                 for text, wins in judges.items()}
 
-    base = Settings(model="smollm2-135m", data=default_data(), target=args.target, criterion=args.criterion,
-                    strategy="race", seq_len=512, dtype=dtype, genes=args.genes)
-    rules = rule_allocations(session, base, sensitivity)
+    base = dict(model="smollm2-135m", data=default_data(), target=args.target, criterion=args.criterion,
+                strategy="race", seq_len=512, dtype=dtype, genes=args.genes)
+    rules = rule_allocations(session, args.target, args.genes, sensitivity)
     allocations = {"uniform": [args.target] * session.n_blocks, **rules}
     figures = {"criterion": args.criterion, "target": args.target, "genes": args.genes, "dtype": dtype, "runs": [],
                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -65,10 +68,11 @@ def main() -> None:
         rule, step = variant.split(":")
         with tempfile.TemporaryDirectory() as out:
             for budget in budgets:  # each larger budget continues the smaller one's search
-                settings = Settings(**{**base.as_config(), "step_rule": rule, "step": float(step),
-                                       "budget_tokens": budget, "seed": seed})
-                objective = session.objective(settings)
-                search = optimize(objective, objective.pruner.gene_sizes(), settings, out, False, rules)
+                settings, spec = split_settings({**base, "step_rule": rule, "step": float(step),
+                                                 "budget_tokens": budget, "seed": seed})
+                objective = build_objective(session, spec)
+                search = optimize(objective, objective.pruner.gene_sizes(), settings, out, False, rules,
+                                  spec.as_config())
                 row = {"step_rule": rule, "step": float(step), "seed": seed, "budget_tokens": budget,
                        "generations": search.generation, "forward_tokens": search.evaluator.forward_tokens,
                        "last_step": search.strategy.step,

@@ -22,9 +22,11 @@ import torch
 
 from evoprune import hardware, perplexity
 from evoprune.models import timings
-from evoprune.results import ROOT, provenance, read_json, read_record, write_json
-from evoprune.search import Settings, optimize, race_parents
-from evoprune.session import Session, fresh_windows
+from evoprune.provenance import provenance
+from evoprune.records import read_json, ROOT, write_json
+from evoprune.objective import build_objective, fresh_windows, split_settings
+from evoprune.search import optimize, race_parents
+from evoprune.session import Session
 
 SEQ_LEN, N_WINDOWS = 1024, 4
 OFFLINE = ROOT / "reports" / "offline"
@@ -116,11 +118,11 @@ def prefix_reuse_figures(session: Session, chosen: str) -> dict:
     """The same short race search with and without prefix reuse, twice each in alternation (the best of two
     against the best of two: a drifting machine hits both alike): wall time ratio, the share of block forwards
     the reusing runs skipped, and whether all four results agree."""
-    settings = Settings.from_dict({**RACE, "model": session.name, "dtype": chosen})
+    settings, spec = split_settings({**RACE, "model": session.name, "dtype": chosen})
     rules = {"sensitivity": [0.45 + 0.1 * (b / (session.n_blocks - 1) - 0.5) for b in range(session.n_blocks)]}
     runs, skipped = {False: [], True: []}, []
     for reuse in (False, True, False, True):
-        objective = session.objective(settings, reuse)
+        objective = build_objective(session, spec, reuse=reuse)
         start = time.perf_counter()
         search = optimize(objective, objective.pruner.gene_sizes(), settings, rules=rules)
         runs[reuse].append((time.perf_counter() - start, search.best_genome, [h["best"] for h in search.history]))
@@ -138,7 +140,7 @@ def search_cost_figures(session: Session, published_run: str = "published", race
     """From the committed offline run: the forward tokens its race search needed before its parent scored at most
     what the published GA's final genome scores on the same fresh sample (a paired comparison, the race's own
     rule), over the tokens the published GA spent."""
-    published = read_record(OFFLINE / "search" / published_run / "result.json")
+    published = read_json(OFFLINE / "search" / published_run / "result.json")
     checkpoint = read_json(OFFLINE / "search" / race_run / "checkpoint.json")
     config = checkpoint["config"]
     pruner = session.apply(published["genome"], dtype=config["dtype"])

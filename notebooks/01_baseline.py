@@ -34,9 +34,9 @@ dtype = "auto"  # of the sensitivity scan only (auto: bfloat16 where measured fa
 # %%
 from IPython.display import Image, Markdown
 
-from evoprune import experiments, plots, results
+from evoprune import experiments, plots, records
 
-paths = results.report_paths(profile)
+paths = records.report_paths(profile)
 session = experiments.open_session(model, data, paths)
 
 # %% [markdown]
@@ -45,7 +45,7 @@ session = experiments.open_session(model, data, paths)
 # %%
 baseline = experiments.baseline(session, paths, test_windows, sensitivity_rate, sensitivity_windows, dtype,
                                study_windows)
-Markdown(results.markdown_table([baseline["parameter_counts"]]) + "\n" + results.markdown_table(baseline["dense_rows"]))
+Markdown(records.markdown_table([baseline["parameter_counts"]]) + "\n" + records.markdown_table(baseline["dense_rows"]))
 
 # %%
 Image(plots.save_figure(plots.sensitivity(baseline["sensitivity"], model), paths.figure("sensitivity")))

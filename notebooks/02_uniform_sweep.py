@@ -45,9 +45,9 @@ removal_windows = 1  # first test windows of the block-removal numbers
 # %%
 from IPython.display import Image, Markdown
 
-from evoprune import experiments, plots, report, results
+from evoprune import experiments, plots, report, records
 
-paths = results.report_paths(profile)
+paths = records.report_paths(profile)
 session = experiments.open_session(model, data, paths)
 
 # %%
@@ -60,8 +60,8 @@ Image(plots.save_figure(plots.uniform_curve(sweep, model), paths.figure("uniform
 # %%
 methods = experiments.methods_without_search(session, paths, method_targets, method_criteria, method_windows, dtype,
                                              method_dtype, removal_windows)
-Markdown(results.markdown_table(report.pivot(methods["rows"])) + "\n"
-         + results.markdown_table(methods["block_removal"]["depths"]))
+Markdown(records.markdown_table(report.pivot(methods["rows"])) + "\n"
+         + records.markdown_table(methods["block_removal"]["depths"]))
 
 # %%
 experiments.finish(paths, "02_uniform_sweep", session)

@@ -63,14 +63,14 @@ downstream_target = 0.45  # dense, uniform and the GA runs at this target (magni
 # %%
 from IPython.display import Image, Markdown
 
-from evoprune import experiments, plots, report, results
+from evoprune import experiments, plots, records, report, stats
 
-paths = results.report_paths(profile)
+paths = records.report_paths(profile)
 session = experiments.open_session(model, data, paths)
 
 # %%
 ga = experiments.ga_runs(session, paths, runs, criterion, seed, test_windows, dtype, study_windows, docs_windows)
-Markdown(results.markdown_table(ga["rows"], ["run", "strategy", "block_sparsity", "fitness", "fitness_split", "test_ppl",
+Markdown(records.markdown_table(ga["rows"], ["run", "strategy", "block_sparsity", "fitness", "fitness_split", "test_ppl",
                                      "study_ppl", "evaluations", "forward_tokens", "wall_s"]))
 
 # %% [markdown]
@@ -78,10 +78,10 @@ Markdown(results.markdown_table(ga["rows"], ["run", "strategy", "block_sparsity"
 
 # %%
 Image(plots.save_figure(plots.convergence(report.histories(paths, runs), report.race_progress(paths, ga["rows"]),
-                                          report.run_groups(ga["rows"])), paths.figure("convergence")))
+                                          stats.run_groups(ga["rows"])), paths.figure("convergence")))
 
 # %%
-Markdown(results.markdown_table(ga["generalization"]))
+Markdown(records.markdown_table(ga["generalization"]))
 
 # %% [markdown]
 # ## Beyond the study: the search at every target and criterion, whole-block removal, export
@@ -89,7 +89,7 @@ Markdown(results.markdown_table(ga["generalization"]))
 # %%
 methods = experiments.methods_with_search(session, paths, method_targets, method_criteria, method_budget, removal,
                                           method_windows, export_windows, seed, dtype, method_dtype, removal_windows)
-Markdown(results.markdown_table(report.pivot(methods["rows"])) + "\n" + results.markdown_table(methods["exports"]))
+Markdown(records.markdown_table(report.pivot(methods["rows"])) + "\n" + records.markdown_table(methods["exports"]))
 
 # %% [markdown]
 # ## Downstream accuracy (lm-evaluation-harness) beside test perplexity
@@ -97,7 +97,7 @@ Markdown(results.markdown_table(report.pivot(methods["rows"])) + "\n" + results.
 # %%
 rows = experiments.downstream_study(session, paths, downstream_tasks, downstream_limit, downstream_target, ga,
                                     methods, test_windows, method_windows)
-Markdown(results.markdown_table(rows) if rows else "no downstream tasks in this profile")
+Markdown(records.markdown_table(rows) if rows else "no downstream tasks in this profile")
 
 # %%
 experiments.finish(paths, "03_ga_search", session)

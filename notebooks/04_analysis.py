@@ -33,19 +33,19 @@ dtype = "auto"  # of the panel's live perplexity (auto: bfloat16 where measured 
 # %%
 from IPython.display import Image, Markdown, display
 
-from evoprune import plots, report, results
+from evoprune import plots, records, report, stats
 
-paths = results.report_paths(profile)
-records = report.load_records(paths)
-summary = report.build_summary(paths, records)
-study = results.study_published()
+paths = records.report_paths(profile)
+loaded = report.load_records(paths)
+summary = report.build_summary(paths, loaded)
+study = records.study_published()
 print(f"reports: {paths.reports}")
 
 # %% [markdown]
 # ## Figure 1: perplexity against sparsity
 
 # %%
-Image(plots.save_figure(plots.figure1(summary["uniform"], report.seed_groups(summary["ga"]), study, summary["model"]),
+Image(plots.save_figure(plots.figure1(summary["uniform"], stats.seed_groups(summary["ga"]), study, summary["model"]),
                         paths.figure("figure1")))
 
 # %% [markdown]
@@ -54,7 +54,7 @@ Image(plots.save_figure(plots.figure1(summary["uniform"], report.seed_groups(sum
 # %%
 n_genes = len(summary["ga"][0]["genome"])
 Image(plots.save_figure(
-    plots.layer_profile(report.layer_profiles(summary), summary["ga"][0]["min_sparsity"],
+    plots.layer_profile(stats.layer_profiles(summary), summary["ga"][0]["min_sparsity"],
                         study["ga"]["genome"] if n_genes == len(study["ga"]["genome"]) else None),
     paths.figure("figure2_layer_profile")))
 
@@ -67,20 +67,20 @@ Image(plots.save_figure(plots.methods(methods["rows"], methods["removal_points"]
                                       summary["model"]), paths.figure("figure3_methods")))
 
 # %%
-Markdown(results.markdown_table(report.methods_table(summary)) + "\n" + report.wanda_targets(summary) + "\n\n"
-         + results.markdown_table(report.removal_table(summary)))
+Markdown(records.markdown_table(report.methods_table(summary)) + "\n" + report.wanda_targets(summary) + "\n\n"
+         + records.markdown_table(report.removal_table(summary)))
 
 # %% [markdown]
 # ## Results table
 
 # %%
 table = report.results_table(summary)
-results.write_table(table, paths.table("results"))
-Markdown(results.markdown_table(table))
+records.write_table(table, paths.table("results"))
+Markdown(records.markdown_table(table))
 
 # %%
-results.write_json(paths.summary, summary)
-results.write_text(paths.report_md, report.render_report(paths, summary))
+records.write_json(paths.summary, summary)
+records.write_text(paths.report_md, report.render_report(paths, summary))
 print(f"wrote {paths.summary} and {paths.report_md}")
 
 # %% [markdown]

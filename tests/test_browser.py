@@ -20,7 +20,7 @@ import nbformat
 import pytest
 
 from evoprune.notebook import ensure_kernel
-from evoprune.results import ROOT
+from evoprune.records import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -66,7 +66,7 @@ def test_paper_profile_offline_names_the_offline_profile(capsys, monkeypatch):
 
 def test_make_reproduce_unknown_profile_fails_clearly():
     import subprocess
-    from evoprune.results import ROOT
+    from evoprune.records import ROOT
     run = subprocess.run(["make", "-s", "reproduce", "PROFILE=nonexistent"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0 and "unknown profile 'nonexistent'" in run.stderr
 

@@ -3,8 +3,9 @@ import torch
 
 from evoprune import EvopruneError
 from evoprune.models import blocks, prunable_matrices, tiny_gpt2, tiny_llama
-from evoprune.pruning import (Pruner, count_for, get_criterion, global_magnitude_counts, input_norms, ordering,
-                              outlier_ratios, owl_rates, sensitivity_rates, wanda_scores)
+from evoprune.criteria import get_criterion, wanda_scores
+from evoprune.pruning import (Pruner, count_for, global_magnitude_counts, input_norms, ordering, outlier_ratios,
+                              owl_rates, sensitivity_rates)
 
 
 @pytest.fixture
@@ -97,5 +98,5 @@ def test_orderings_sorted_on_threads_equal_those_sorted_one_by_one(build, criter
     norms = input_norms(model, tokens) if score.needs_calibration else None
     pruner = Pruner(model, criterion, calibration=tokens)
     with torch.no_grad():
-        one_by_one = [ordering(score(m, norms), score.per_row, m.transposed) for m in pruner.matrices]
+        one_by_one = [ordering(score.score(m, norms), score.per_row, m.transposed) for m in pruner.matrices]
     assert all(torch.equal(a, b) for a, b in zip(pruner.orders, one_by_one))

@@ -5,6 +5,7 @@ import torch
 
 from evoprune import EvopruneError, experiments
 from evoprune.models import blocks
+from evoprune.records import SearchRecord, Spent
 from evoprune.hardware import resolve_dtype
 from evoprune.session import Session
 
@@ -54,7 +55,7 @@ def test_block_removal_tables_and_depths(setup):
 def test_removal_run_removes_k_blocks_and_is_read_back(setup, tmp_path, monkeypatch):
     budget = {"population": 4, "generations": 2, "fitness_windows": 1, "test_windows": 1, "dtype": FAST}
     result = experiments.removal_run(setup, 3, tmp_path, **budget)
-    assert len(result["removed"]) == 3 and result["test"]["blocks"] == 9
+    assert len(result.genome) == 3 and result.test["blocks"] == 9
     import evoprune.removal
     monkeypatch.setattr(evoprune.removal, "removal_search", lambda *a, **k: pytest.fail("recomputed"))
     assert experiments.removal_run(setup, 3, tmp_path, **budget) == result
@@ -88,8 +89,9 @@ def test_no_study_windows_means_no_study_measurement(setup, monkeypatch):
 def test_overfitting_compares_the_gain_on_the_fitness_split_with_the_gain_on_test(setup):
     uniform = [0.45] * setup.n_blocks
     genome = [0.2 if b % 2 else 0.7 for b in range(setup.n_blocks)]
-    result = {"criterion": "magnitude", "genome": genome, "test_ppl": 90.0, "fitness_split": "validation",
-              "uniform": {"genome": uniform, "test_ppl": 100.0}}
+    result = SearchRecord(genome=genome, fitness=1.0, spent=Spent(1, 1, 0.0), provenance={},
+                          config={"criterion": "magnitude", "fitness_split": "validation"},
+                          test={"test_ppl": 90.0, "uniform": {"genome": uniform, "test_ppl": 100.0}})
     row = experiments.overfitting(setup, result, "x", n_windows=2)
     assert row["windows"] == 2 and row["test_ratio"] == pytest.approx(0.9)
     assert row["fitness_split_ratio"] == pytest.approx(row["ga_ppl"] / row["uniform_ppl"])
@@ -106,7 +108,8 @@ def test_a_criterion_entry_of_the_method_budget_overrides_only_that_criterion():
 
 
 def test_genome_table_splits_attention_and_mlp_rates_per_block():
-    rows = [{"run": "published", "genome": [0.1, 0.2]}, {"run": "race", "genome": [0.3, 0.4, 0.5, 0.6]}]
+    rows = [{"run": "published", "genome": [0.1, 0.2], "config": {"genes": "block"}},
+            {"run": "race", "genome": [0.3, 0.4, 0.5, 0.6], "config": {"genes": "group"}}]
     assert experiments.genome_table(rows, 2) == [
         {"block": 0, "GA published": 0.1, "GA race attention": 0.3, "GA race MLP": 0.4},
         {"block": 1, "GA published": 0.2, "GA race attention": 0.5, "GA race MLP": 0.6}]

@@ -8,7 +8,8 @@ import pytest
 from evoprune import EvopruneError, notebook
 from evoprune.cli import main
 from evoprune.models import LOAD_LOG_ENV
-from evoprune.results import ROOT, read_json, read_record, report_paths, validate_summary
+from evoprune.records import read_json, report_paths, ROOT
+from evoprune.schema import validate_summary
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 STEMS = ["01_baseline", "02_uniform_sweep", "03_ga_search", "04_analysis"]
@@ -66,7 +67,7 @@ def test_summary_validates_and_covers_both_strategies(smoke):
 @pytest.mark.slow
 def test_smoke_numbers_are_those_of_the_code_before_the_session_refactor(smoke):
     """Behaviour did not change: every number of the smoke summary equals the one the code at d062ef2 wrote
-    (records of that code read under today's names; run names seed/default became published/elitist)."""
+    (the fixture converted once to today's names; run names seed/default became published/elitist)."""
     renamed = {"seed": "published", "default": "elitist"}
 
     def numbers(obj, path=""):
@@ -85,7 +86,7 @@ def test_smoke_numbers_are_those_of_the_code_before_the_session_refactor(smoke):
             summary[key] = [r for r in summary[key] if r["run"] != "race"]
         return summary
 
-    before, now = (numbers(comparable(s)) for s in (read_record(FIXTURE), read_json(smoke.summary)))
+    before, now = (numbers(comparable(s)) for s in (read_json(FIXTURE), read_json(smoke.summary)))
     if any(s["dtype"] != "bfloat16" for s in read_json(smoke.summary)["protocol"]["search"].values()):
         # `auto` chose float32 here (no native bf16), so only what never runs in the fitness dtype can match: the
         # float32 test numbers of the dense model and the uniform sweep, and the parameter counts

@@ -1,8 +1,9 @@
 """The committed offline study (reports/offline/summary.json) is consistent, and the README shows its numbers."""
 import pytest
 
-from evoprune.report import BEGIN, README, readme_section
-from evoprune.results import ROOT, read_json, read_record, validate_summary
+from evoprune.readme import BEGIN, README, readme_section
+from evoprune.records import read_json, ROOT
+from evoprune.schema import validate_summary
 
 SUMMARY = ROOT / "reports" / "offline" / "summary.json"
 
@@ -10,7 +11,7 @@ SUMMARY = ROOT / "reports" / "offline" / "summary.json"
 @pytest.fixture(scope="module")
 def summary():
     assert SUMMARY.is_file(), "reports/offline/summary.json is missing: run `make reproduce PROFILE=offline`"
-    return validate_summary(read_record(SUMMARY))
+    return validate_summary(read_json(SUMMARY))
 
 
 def test_genomes_meet_their_target_sparsity(summary):
@@ -51,15 +52,7 @@ def test_beyond_the_study_rows_meet_their_targets_and_exports_round_trip(summary
 
 
 def test_readme_shows_the_bench_record():
-    from evoprune.report import BENCH, bench_section
+    from evoprune.readme import BENCH, bench_section
     assert BENCH.is_file(), "reports/bench.json is missing: run `make bench`, then `make readme`"
     assert bench_section(read_json(BENCH)) in README.read_text(), "README performance table differs: `make readme`"
 
-
-def test_records_of_the_earlier_names_read_under_todays():
-    old = {"mode": "seed", "seed_protocol_ppl": 110.0, "config": {"mode": "default", "target": 0.45},
-           "rows": [{"seed_protocol_windows": 4, "run": "seed"}]}
-    from evoprune.results import upgrade
-    assert upgrade(old) == {"strategy": "published", "study_ppl": 110.0,
-                            "config": {"strategy": "elitist", "target": 0.45},
-                            "rows": [{"study_windows": 4, "run": "seed"}]}

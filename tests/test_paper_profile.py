@@ -6,7 +6,8 @@ download runs."""
 import pytest
 
 from evoprune.notebook import load_profile, run_notebook
-from evoprune.results import ROOT, read_json, report_paths, validate_summary
+from evoprune.records import read_json, report_paths, ROOT
+from evoprune.schema import validate_summary
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 EOT = "<|endoftext|>"

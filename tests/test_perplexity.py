@@ -73,7 +73,7 @@ def test_measurement_log_reads_back_the_same_measurement_only(tmp_path, monkeypa
     """A logged perplexity is read back for the same pruned state and measured anew for any other state; a line
     cut short by a kill is measured again."""
     from evoprune.data import Tokens
-    from evoprune.results import MeasurementLog
+    from evoprune.measurements import MeasurementLog
     from evoprune.session import Session
     session = Session("tiny-gpt2")
     session._tokens["test"] = Tokens(random_ids(128 * 4), "random", "test", "sha")

@@ -1,13 +1,14 @@
 """The report's summaries of searches repeated over seeds, from records alone (no model)."""
 import pytest
 
-from evoprune.report import (budget_words, claims, fitness_comparison, layer_profiles, rank_correlation, reference_tokens,
-                             seed_table, wall_times)
+from evoprune.report import budget_words, wall_times
+from evoprune.stats import (claims, fitness_comparison, layer_profiles, rank_correlation, reference_tokens,
+                            seed_table)
 
 
-def run(name, seed, genome, ppl, strategy="race"):
+def run(name, seed, genome, ppl, strategy="race", genes="block"):
     return {"run": name, "strategy": strategy, "genome": genome, "test_ppl": ppl,
-            "config": {"strategy": strategy, "target": 0.5, "seed": seed},
+            "config": {"strategy": strategy, "target": 0.5, "seed": seed, "genes": genes},
             "uniform_at_target": {"test_ppl": 200.0}}
 
 
@@ -25,7 +26,8 @@ def test_seeds_of_one_search_are_grouped_and_compared():
 
 
 def test_a_search_with_attention_and_mlp_rates_gives_two_profiles_per_block():
-    summary = {"ga": [run("race-s0", 0, [0.2, 0.5, 0.3, 0.6], 90.0), run("race-s1", 1, [0.25, 0.55, 0.3, 0.5], 95.0)],
+    summary = {"ga": [run("race-s0", 0, [0.2, 0.5, 0.3, 0.6], 90.0, genes="group"),
+                      run("race-s1", 1, [0.25, 0.55, 0.3, 0.5], 95.0, genes="group")],
                "parameter_counts": {"n_blocks": 2}}
     assert layer_profiles(summary) == {"race-s0 attention": [[0.2, 0.3], [0.25, 0.3]],
                                        "race-s0 MLP": [[0.5, 0.6], [0.55, 0.5]]}

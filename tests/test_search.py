@@ -9,10 +9,11 @@ import pytest
 
 from evoprune import EvopruneError
 from evoprune.cli import main
-from evoprune.experiments import run_search
-from evoprune.search import (CHECKPOINT, HISTORY_COLUMNS, PENALTY, Evaluator, Settings, move_rates, optimize, project,
-                             published_offspring, weighted_mean)
+from evoprune.objective import FitnessSpec, build_objective, split_settings
+from evoprune.search import CHECKPOINT, HISTORY_COLUMNS, Evaluator, Settings, optimize
+from evoprune.search_runs import run_search
 from evoprune.session import Session
+from evoprune.strategies import PENALTY, move_rates, project, published_offspring, weighted_mean
 
 OPTIMUM = np.array([0.3, 0.7, 0.45, 0.55, 0.6, 0.4, 0.35, 0.65])  # weighted mean 0.5 for both size vectors
 EQUAL = [1000] * 8
@@ -21,6 +22,7 @@ UNEQUAL = [3000, 1000] * 4
 
 class Bowl:
     """A weighted quadratic around a feasible optimum that records every call and can die after ``fail_after``."""
+    tokens_per_window = 1024  # what the optimizer's budget counts per window scored
 
     def __init__(self, sizes, fail_after=None):
         self.w = np.asarray(sizes, dtype=float)
@@ -35,7 +37,7 @@ class Bowl:
 
 
 def config(strategy="elitist", **options):
-    return Settings(model="synthetic", target=0.5, strategy=strategy, **options)
+    return Settings(target=0.5, strategy=strategy, **options)
 
 
 def outcome(search):
@@ -90,7 +92,7 @@ def test_multi_fidelity_promotes_few_and_counts_tokens_honestly():
 
 def test_fitness_cache_never_evaluates_a_genome_twice():
     bowl = Bowl(EQUAL)
-    evaluate = Evaluator(bowl, seq_len=1024, cache=True)
+    evaluate = Evaluator(bowl, cache=True)
     genome = [0.45, 0.55] * 4
     first = evaluate(genome, 4)
     assert evaluate([g + 1e-12 for g in genome], 4) == first  # floating-point noise is the same genome
@@ -160,8 +162,8 @@ def test_published_offspring_follows_the_study_operators():
 def test_published_penalizes_below_tolerance_and_reevaluates_elites():
     bowl = Bowl(EQUAL)
     target, tolerance = 0.55, 0.05  # U(0.40, 0.60) genes: about half the individuals fall below 0.50
-    settings = Settings(model="synthetic", target=target, strategy="published", population=10, generations=6,
-                        fitness_windows=2, tolerance=tolerance)
+    settings = Settings(target=target, strategy="published", population=10, generations=6, fitness_windows=2,
+                        tolerance=tolerance)
     search = optimize(bowl, EQUAL, settings)
     assert all(weighted_mean(g, EQUAL) >= target - tolerance for g, _ in bowl.calls)
     for genome, fit in zip(search.population, search.fitness):
@@ -207,7 +209,7 @@ def test_bad_configuration_exits_2_and_writes_nothing(tmp_path, capsys, extra, n
 
 def test_bad_configuration_raises_in_the_python_api(tmp_path):
     with pytest.raises(EvopruneError, match="--population"):
-        Settings(model="tiny-gpt2", target=0.5, population=1)
+        Settings(target=0.5, population=1)
 
 
 def test_out_dir_holding_something_else_is_refused(tmp_path, capsys):
@@ -236,22 +238,21 @@ def test_search_end_to_end_through_the_cli(tmp_path, capsys, data_dir):
     out = tmp_path / "run"
     assert main(cli_search(data_dir, out)) == 0
     result = json.loads((out / "result.json").read_text())
-    expected = {"strategy", "criterion", "target", "genome", "block_sparsity", "model_sparsity", "fitness",
-                "fitness_kind", "fitness_split", "test_ppl", "study_ppl", "uniform", "evaluations",
-                "forward_tokens", "wall_s", "best_found_at", "config", "provenance"}
-    assert expected <= set(result)
-    assert {"genome", "fitness", "test_ppl", "study_ppl", "block_sparsity"} <= set(result["uniform"])
-    assert set(result["best_found_at"]) == {"generation", "evaluations", "forward_tokens", "wall_s"}
+    assert set(result) == {"genome", "fitness", "spent", "config", "provenance", "start", "history", "progress",
+                           "test"}
+    test = result["test"]
+    assert {"genome", "test_ppl", "study_ppl", "block_sparsity", "test_windows"} <= set(test["uniform"])
+    assert set(result["spent"]["best_found_at"]) == {"generation", "evaluations", "forward_tokens", "wall_s"}
     assert len(result["genome"]) == 12 and abs(np.mean(result["genome"]) - 0.5) < 1e-9
-    assert abs(result["block_sparsity"] - 0.5) < 1e-3  # counted zeros; each matrix rounds its own count
-    assert result["fitness"] <= result["uniform"]["fitness"]
-    assert result["fitness_split"] == "validation" and result["provenance"]["seed"] == 0
-    assert result["provenance"]["protocols"]["test_ppl"]["n_windows"] == 2
-    assert 1 < result["test_ppl"] < 1000 and 1 < result["study_ppl"] < 1000
+    assert abs(test["block_sparsity"] - 0.5) < 1e-3  # counted zeros; each matrix rounds its own count
+    assert result["fitness"] <= result["start"]["uniform"]
+    assert result["config"]["fitness_split"] == "validation" and result["provenance"]["seed"] == 0
+    assert test["test_windows"] == result["provenance"]["protocols"]["test_ppl"]["n_windows"] == 2
+    assert 1 < test["test_ppl"] < 1000 and 1 < test["study_ppl"] < 1000
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == HISTORY_COLUMNS and [r["generation"] for r in rows] == ["0", "1"]
-    assert int(rows[-1]["evaluations"]) == result["evaluations"]
+    assert int(rows[-1]["evaluations"]) == result["spent"]["evaluations"] == result["history"][-1]["evaluations"]
 
     capsys.readouterr()
     assert main(cli_search(data_dir, out)) == 0  # the same search again: read back, not recomputed
@@ -262,19 +263,21 @@ def test_search_end_to_end_through_the_cli(tmp_path, capsys, data_dir):
 
 
 def test_published_end_to_end_on_validation(tmp_path, data_dir):
-    settings = Settings(model="tiny-gpt2", data=data_dir, target=0.5, strategy="published", population=3,
-                        generations=2, fitness_split="validation", fitness_windows=1, test_windows=1, dtype="float32")
-    result = run_search(Session("tiny-gpt2", data_dir), settings, tmp_path, progress=False)
-    assert result["fitness_split"] == "validation"
-    assert result["provenance"]["protocols"]["fitness"]["protocol"] == "study"
-    assert result["evaluations"] == 6  # elites re-evaluated, nothing cached
+    settings, spec = split_settings(dict(model="tiny-gpt2", data=data_dir, target=0.5, strategy="published",
+                                         population=3, generations=2, fitness_split="validation", fitness_windows=1,
+                                         test_windows=1, dtype="float32"))
+    assert spec.protocol == "study"  # the published strategy's default
+    result = run_search(Session("tiny-gpt2", data_dir), settings, spec, tmp_path, progress=False)
+    assert result.config["fitness_split"] == "validation" and result.config["protocol"] == "study"
+    assert result.provenance["protocols"]["fitness"]["protocol"] == "study"
+    assert result.spent.evaluations == 6  # elites re-evaluated, nothing cached
+    assert set(result.start) == {"uniform"} and result.progress == []
     assert (tmp_path / "history.csv").is_file()
 
 
 def test_kl_fitness_is_zero_for_the_dense_model_and_grows_with_pruning(data_dir):
-    settings = Settings(model="tiny-gpt2", data=data_dir, target=0.5, fitness="kl", genes="group",
-                        fitness_windows=1, dtype="float32")
-    objective = Session("tiny-gpt2", data_dir).objective(settings)
+    spec = FitnessSpec(model="tiny-gpt2", data=data_dir, fitness="kl", genes="group", dtype="float32")
+    objective = build_objective(Session("tiny-gpt2", data_dir), spec.for_strategy("elitist"), fitness_windows=1)
     dense, light, heavy = (objective([rate] * 24, 1) for rate in (0.0, 0.3, 0.8))
     assert abs(dense) < 1e-6 and dense < light < heavy
     assert objective.setup_tokens == 1024  # one dense pass for the sample, counted as forward tokens
@@ -306,7 +309,8 @@ def test_removal_ga_refuses_impossible_k(k):
 
 def test_config_names_a_data_directory_relative_to_the_repository(tmp_path):
     """Committed results must mean the same search in a clone elsewhere with the data beside it."""
-    from evoprune.results import ROOT, portable_data, resolve_data
+    from evoprune.data import portable_data, resolve_data
+    from evoprune.records import ROOT
     data = portable_data(str(ROOT.parent / "shared" / "data"))
     assert data == os.path.join("..", "shared", "data")
     assert Path(resolve_data(data)) == ROOT.parent / "shared" / "data"
@@ -316,7 +320,7 @@ def test_config_names_a_data_directory_relative_to_the_repository(tmp_path):
 def test_data_setting_round_trips_through_a_symlinked_directory(tmp_path):
     """A config names its data relative to the repository; resolving it gives back the directory as it was named,
     not the symlink's target, so a search handed ready inputs for that directory accepts them."""
-    from evoprune.results import portable_data, resolve_data
+    from evoprune.data import portable_data, resolve_data
     target = tmp_path / "real-data"
     target.mkdir()
     link = tmp_path / "linked-data"
@@ -329,7 +333,7 @@ def test_settings_are_declared_once_and_the_command_line_offers_each():
     from evoprune.cli import build_parser
     search = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("search"))
     flags = {o for action in search._actions for o in action.option_strings}
-    assert {"--" + f.name.replace("_", "-") for f in fields(Settings)} <= flags
+    assert {"--" + f.name.replace("_", "-") for f in (*fields(Settings), *fields(FitnessSpec))} <= flags
 
 
 def test_importing_the_optimizer_or_the_report_loads_no_torch():
@@ -390,7 +394,7 @@ def test_race_reaches_the_known_optimum_through_the_noise():
 
 
 def test_race_step_grows_while_children_win_and_shrinks_when_they_stop():
-    from evoprune.search import Race
+    from evoprune.strategies import Race
     race = Race(config("race", step=0.05), EQUAL)
     race.adapt_step(True)
     for _ in range(4):
@@ -453,3 +457,5 @@ def test_race_progress_is_the_product_of_paired_ratios(tmp_path):
     start = search.history[0]["best"]
     assert [r["relative"] for r in rows] == pytest.approx([h["best"] / start for h in search.history])
     assert all(b["relative"] <= a["relative"] for a, b in zip(rows, rows[1:]))
+    assert search.outcome().progress == rows  # the result hands out what the checkpoint holds
+    assert set(search.outcome().start) == {"uniform"} and search.outcome().history == search.history

@@ -6,7 +6,7 @@ import torch
 
 from evoprune import perplexity
 from evoprune.cli import parse_rates
-from evoprune.results import report_paths, study_published, write_json
+from evoprune.records import report_paths, study_published, write_json
 from evoprune.widgets import CUSTOM, Debouncer, PrunePanel, default_presets
 
 

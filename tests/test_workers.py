@@ -15,9 +15,9 @@ from evoprune.workers import import_ray, open_pool, session_objective, session_p
 
 @pytest.fixture(scope="module")
 def settings(data_dir):
-    from evoprune.search import Settings
-    return Settings(model="tiny-gpt2", data=data_dir, target=0.5, population=4, generations=3, fitness_windows=2,
-                    test_windows=1, dtype="float32")
+    from evoprune.objective import split_settings
+    return split_settings(dict(model="tiny-gpt2", data=data_dir, target=0.5, population=4, generations=3,
+                               fitness_windows=2, test_windows=1, dtype="float32"))
 
 
 class DiesOnce:
@@ -45,7 +45,7 @@ def ray_by_value():
 def serial(settings):
     gen = torch.Generator().manual_seed(1)
     genomes = [(0.9 * torch.rand(12, generator=gen)).tolist() for _ in range(5)]
-    objective = session_objective(settings)
+    objective = session_objective(settings[1])
     return genomes, [objective(g, 2) for g in genomes], [objective(g, 1) for g in genomes]
 
 
@@ -58,7 +58,7 @@ def check_pool(pool, serial, marker):
 
 
 def dies_once(marker, settings):
-    return functools.partial(DiesOnce, str(marker), functools.partial(session_objective, settings))
+    return functools.partial(DiesOnce, str(marker), functools.partial(session_objective, settings[1]))
 
 
 def test_process_pool_matches_serial_and_replaces_a_dead_worker(settings, serial, tmp_path):
@@ -93,18 +93,17 @@ def test_missing_ray_and_bad_settings_are_clear_errors(monkeypatch):
 
 @pytest.fixture(scope="module")
 def search_case(settings, tmp_path_factory):
-    from evoprune.experiments import run_search
+    from evoprune.search_runs import run_search
     from evoprune.session import Session
-    session = Session(settings.model, settings.data)
+    session = Session(settings[1].model, settings[1].data)
 
     def search(objective=None):
         """What two runs must agree on: the result (times aside) and the history (wall times aside)."""
-        from evoprune.results import read_csv
         out = tmp_path_factory.mktemp("search")
-        result = run_search(session, settings, out, progress=False, objective=objective)
-        keep = ("genome", "fitness", "test_ppl", "study_ppl", "evaluations", "forward_tokens", "uniform")
-        history = [{k: v for k, v in row.items() if k != "wall_s"} for row in read_csv(out / "history.csv")]
-        return {k: result[k] for k in keep}, history
+        result = run_search(session, *settings, out, progress=False, objective=objective)
+        kept = (result.genome, result.fitness, result.test, result.start, result.spent.evaluations,
+                result.spent.forward_tokens)
+        return kept, [{k: v for k, v in row.items() if k != "wall_s"} for row in result.history]
     return search, search()
 
 
@@ -118,5 +117,5 @@ def test_search_on_two_processes_gives_the_serial_result(settings, search_case, 
 def test_search_on_two_ray_actors_gives_the_serial_result(settings, search_case):
     ray_by_value()
     search, expected = search_case
-    with session_pool(settings, 2, backend="ray") as pool:
+    with session_pool(settings[1], 2, backend="ray") as pool:
         assert search(pool) == expected

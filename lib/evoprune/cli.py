@@ -20,7 +20,7 @@ def parse_rates(text: str) -> float | list[float]:
         path = Path(text)
         if not path.is_file():
             raise EvopruneError(f"rates file {text} does not exist.")
-        from evoprune.results import read_json
+        from evoprune.records import read_json
         obj = read_json(path)
         values = obj["genome"] if isinstance(obj, dict) else obj
     else:
@@ -46,12 +46,18 @@ def parse_blocks(text: str | None) -> list[int]:
         raise EvopruneError(f"--remove-blocks {text!r}: give block indices separated by commas, e.g. 3,7.") from None
 
 
+def criterion_help() -> str:
+    """The criteria registered now (``criteria.register``), as the --criterion flags offer them."""
+    from evoprune.criteria import names
+    return f"one of the registered criteria: {', '.join(names())}"
+
+
 def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
     from evoprune.data import default_data
     p.add_argument("--model", default="gpt2", help="smollm2-135m, tiny-gpt2, a hub id (gpt2) or a local dir")
     p.add_argument("--data", default=default_data(),
                    help="'wikitext2' (hub) or a local directory like ../shared/data (default: $EVOPRUNE_DATA_DIR)")
-    p.add_argument("--criterion", default="magnitude")
+    p.add_argument("--criterion", default="magnitude", help=criterion_help())
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", default=dtype, help=f"auto (bfloat16 where measured fast), float32 or bfloat16 "
@@ -82,7 +88,7 @@ def pruned_model(args, dtype: str = "float32"):
 def cmd_eval(args) -> dict:
     import time
     from evoprune import hardware, perplexity
-    from evoprune.results import provenance
+    from evoprune.provenance import provenance
     if args.protocol not in perplexity.PROTOCOLS:
         raise EvopruneError(f"unknown protocol {args.protocol!r}: use one of {', '.join(perplexity.PROTOCOLS)}.")
     dtype = hardware.resolve_dtype(args.dtype)
@@ -113,32 +119,38 @@ def cmd_export(args) -> dict:
 
 
 def search_settings(args):
-    """The search's settings from its flags, validated before anything is loaded."""
+    """The optimizer's settings and the fitness spec from the search's flags, validated before anything is
+    loaded."""
+    from evoprune.objective import FitnessSpec, split_settings
     from evoprune.search import Settings
-    return Settings.from_dict({f.name: getattr(args, f.name) for f in fields(Settings)
-                               if getattr(args, f.name) is not None})
+    return split_settings({f.name: getattr(args, f.name) for dataclass in (Settings, FitnessSpec)
+                           for f in fields(dataclass) if getattr(args, f.name) is not None})
 
 
 SCAN_RATE = 0.5  # the rate of the sensitivity scan behind a race's sensitivity-ranked start (as 01's scan)
 
 
 def cmd_search(args) -> dict:
-    from evoprune import experiments
+    from dataclasses import asdict
+    from evoprune.experiments import sensitivity_scan
+    from evoprune.search_runs import run_search, search_settings as settings_on
     from evoprune.session import Session
-    settings = search_settings(args)
-    session = Session(settings.model, settings.data)
-    settings = experiments.search_settings(session, {k: v for k, v in vars(settings).items()
-                                                     if k not in ("model", "data")})
+    settings, spec = search_settings(args)
+    session = Session(spec.model, spec.data)
+    given = {**asdict(settings), **{k: v for k, v in asdict(spec).items() if k not in ("model", "data")}}
+    settings, spec = settings_on(session, {k: v for k, v in given.items() if v is not None})
     sensitivity = None
     if settings.strategy == "race":  # a race starts from the best rule: the sensitivity ranking is one
-        sensitivity = [row["ppl"] for row in experiments.sensitivity_scan(
-            session, settings.criterion, SCAN_RATE, 1, settings.dtype, progress=not args.no_progress)]
+        sensitivity = [row["ppl"] for row in sensitivity_scan(
+            session, spec.criterion, SCAN_RATE, 1, spec.dtype, progress=not args.no_progress)]
     if args.workers > 1:
         from evoprune import workers
         backend = "ray" if args.ray_address else args.backend
-        with workers.session_pool(settings, args.workers, args.ray_address, backend) as pool:
-            return experiments.run_search(session, settings, args.out, not args.no_progress, pool, sensitivity)
-    return experiments.run_search(session, settings, args.out, not args.no_progress, sensitivity=sensitivity)
+        with workers.session_pool(spec, args.workers, args.ray_address, backend) as pool:
+            record = run_search(session, settings, spec, args.out, not args.no_progress, pool, sensitivity)
+    else:
+        record = run_search(session, settings, spec, args.out, not args.no_progress, sensitivity=sensitivity)
+    return record.to_dict()
 
 
 def model_available(name: str) -> bool:
@@ -156,7 +168,7 @@ def cmd_check(args) -> None:
     from evoprune.data import HUB, local_file
     from evoprune.models import hub_reachable
     from evoprune.notebook import load_profile
-    from evoprune.results import resolve_data
+    from evoprune.data import resolve_data
 
     profile = load_profile(args.profile)
     data = resolve_data(profile.get("data"))
@@ -190,7 +202,7 @@ def cmd_downstream(args) -> dict:
     from evoprune.downstream import (LOCAL_TASKS, evaluate, import_lm_eval, lastword_file,
                                      task_manager)
     from evoprune.models import file_hash
-    from evoprune.results import provenance
+    from evoprune.provenance import provenance
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     import_lm_eval()
@@ -210,18 +222,22 @@ def cmd_downstream(args) -> dict:
 # --- parsers ----------------------------------------------------------------------------------------------
 
 def add_search_parser(sub) -> None:
-    """One flag per ``search.Settings`` field, with its help text; the defaults are the strategy's."""
-    from evoprune.search import Settings, flag
-    from evoprune.search import __doc__ as search_doc
+    """One flag per field of ``search.Settings`` and ``objective.FitnessSpec``, with its help text; the defaults
+    are the strategy's."""
+    from evoprune.objective import FitnessSpec
+    from evoprune.options import flag
+    from evoprune.search import HISTORY, RESULT, Settings
+    from evoprune.strategies import __doc__ as strategies_doc
     p = sub.add_parser("search", help="evolutionary search for per-block pruning rates at a target sparsity",
-                       description=search_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Settings):
+                       description=strategies_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in (*fields(Settings), *fields(FitnessSpec)):
         kind = float if "float" in f.type else int if "int" in f.type else str
         defaults = f.metadata["defaults"] or ({} if f.default is None else {"": f.default})
         said = ", ".join(f"{k} {v}".strip() for k, v in defaults.items())
+        said = f" (default: {said})" if said else ""
         p.add_argument(flag(f.name), type=kind, required=f.name == "target",
-                       help=f.metadata["help"] + (f" (default: {said})" if said else ""))
-    p.add_argument("--out", required=True, help="directory for result.json, history.csv and the checkpoint")
+                       help=(criterion_help() if f.name == "criterion" else f.metadata["help"]) + said)
+    p.add_argument("--out", required=True, help=f"directory for {RESULT}, {HISTORY} and the checkpoint")
     p.add_argument("--workers", type=int, default=1, help="score each generation's children in this many worker "
                                                           "processes of one thread each (or Ray actors)")
     p.add_argument("--backend", default="process", help="process (worker processes here) or ray (Ray actors; a "
@@ -232,7 +248,7 @@ def add_search_parser(sub) -> None:
 
 
 def add_notebook_parser(sub) -> None:
-    from evoprune.results import OUTPUT_ROOT_ENV
+    from evoprune.records import OUTPUT_ROOT_ENV
     p = sub.add_parser("notebook", help="run notebooks under a parameter profile (params/<profile>.yaml)")
     p.add_argument("notebooks", nargs="+", help="notebooks/NN_name.py files, run in the order given")
     p.add_argument("--profile", required=True, help="a params/<profile>.yaml: paper, offline, smoke, ...")
@@ -294,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if result is not None:
         if getattr(args, "out", None) and args.command == "eval":  # export's --out is the model directory
-            from evoprune.results import write_json
+            from evoprune.records import write_json
             write_json(args.out, result)
         print(json.dumps(result) if getattr(args, "json", False) else json.dumps(result, indent=2))
     return 0

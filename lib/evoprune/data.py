@@ -25,6 +25,7 @@ import torch
 
 from evoprune import EvopruneError, write_atomically
 from evoprune.models import CACHE_DIR, hub_reachable, tokenizer_fingerprint
+from evoprune.records import ROOT
 
 HUB = "wikitext2"
 PYTHON_DOCS = "python-docs"  # a second, offline text for generalization checks (test split only)
@@ -123,3 +124,19 @@ def load_tokens(tokenizer, data: str | None = None, split: str = "test") -> Toke
     data = data or default_data()
     text, source = read_text(data, split)
     return Tokens(tokenize(tokenizer, text), source, split, hashlib.sha256(text.encode()).hexdigest())
+
+
+def resolve_data(data: str | None) -> str:
+    """A data setting as the loaders take it: None means the default, a relative directory is relative to the
+    repository root (profiles say ``../shared/data``), and ``wikitext2`` means the hub."""
+    if data is None:
+        return default_data()
+    if data in (HUB, PYTHON_DOCS) or Path(data).is_absolute():
+        return data
+    return os.path.normpath(ROOT / data)  # not resolve(): a symlinked data directory keeps the name it was given
+
+
+def portable_data(data: str) -> str:
+    """A data directory as a path relative to the repository root (how profiles name it), so a search's config,
+    and with it the committed results, mean the same search in a clone elsewhere with the data beside it."""
+    return data if data in (HUB, PYTHON_DOCS) else os.path.relpath(os.path.abspath(data), ROOT)

@@ -71,7 +71,7 @@ def lastword_file(data: str | None = None) -> Path:
     $EVOPRUNE_DATA_DIR, else the hub), named by the text's hash."""
     from evoprune.data import default_data, read_text
     from evoprune.models import CACHE_DIR
-    from evoprune.results import write_text
+    from evoprune.records import write_text
     text, _ = read_text(data or default_data(), "test")
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = CACHE_DIR / "tasks" / f"wikitext_lastword-{ITEMS}-{CONTEXT_WORDS}-{MIN_LETTERS}-{digest}.jsonl"

@@ -9,21 +9,17 @@ whole-block removal in ``dtype`` on ``removal_windows``.
 """
 from __future__ import annotations
 
-import sys
-import time
-from collections import Counter
-from dataclasses import replace
-from pathlib import Path
 
-from evoprune import EvopruneError, hardware, models, perplexity
-from evoprune.data import HUB, PYTHON_DOCS, local_file
-from evoprune.pruning import CRITERIA, global_magnitude_counts, owl_rates, sensitivity_rates
-from evoprune.results import (REPORTED_DTYPE, ReportPaths, portable_data, provenance, read_csv, read_json,
-                              record_tokens, write_json, write_table)
-from evoprune.search import GENES, RESULT, Settings, finished_result, genome_key, optimize
+from evoprune import hardware, models, perplexity
+from evoprune.criteria import CRITERIA
+from evoprune.data import PYTHON_DOCS
+from evoprune.provenance import provenance
+from evoprune.pruning import global_magnitude_counts, owl_rates, sensitivity_rates
+from evoprune.records import (REPORTED_DTYPE, ReportPaths, SearchRecord, read_json, record_tokens, write_json,
+                              write_table)
+from evoprune.search_runs import (ga_row, read_back, removal_latency, removal_ppl, removal_run, rule_allocations,
+                                  run_search, search_settings)
 from evoprune.session import Session
-
-_read_back: Counter = Counter()  # finished searches this process read back instead of running (``finish``)
 
 
 def open_session(model: str, data: str | None, paths: ReportPaths) -> Session:
@@ -49,7 +45,7 @@ def finish(paths: ReportPaths, notebook: str, session: Session) -> None:
     """A notebook's last cell: its forward tokens by dtype, and what it read back from an earlier run instead of
     computing (measurements, finished searches), go to ``timings.json`` (the runner adds its wall time)."""
     record_tokens(paths, notebook, perplexity.forward_tokens(),
-                  {"measurements": session.log.reused, "searches": _read_back["searches"]})
+                  {"measurements": session.log.reused, "searches": read_back["searches"]})
 
 
 # --- 01: dense baseline and per-block sensitivity ------------------------------------------------------------
@@ -145,31 +141,6 @@ def allocation_sweep(session: Session, targets: list[float], criteria: list[str]
     return rows
 
 
-def removal_ppl(model, removed, wins, dtype: str) -> float:
-    with models.BlocksRemoved(model, removed) as smaller:
-        return perplexity.primary(smaller, wins, dtype=perplexity.get_dtype(dtype)).ppl
-
-
-LATENCY_REPEATS = 7  # interleaved rounds: enough for the spread (IQR) to fall below a few blocks' effect
-
-
-def removal_latency(session: Session, sets: dict[str, list[int]], repeats: int = LATENCY_REPEATS) -> dict[str, dict]:
-    """Parameters and float32 latency (median and IQR of ``repeats`` interleaved rounds, ``models.compare_latency``)
-    of the model with each set of blocks physically gone, all timed together so a busy machine slows them alike."""
-    session.restore()
-    timed = models.compare_latency(session.model, sets, session.tokens("test").ids[:32], new_tokens=16,
-                                   repeats=repeats)
-    out = {}
-    for name, removed in sets.items():
-        with models.BlocksRemoved(session.model, removed) as smaller:
-            parameters = sum(p.numel() for p in smaller.parameters())
-        t = timed[name]
-        out[name] = {"blocks": t["blocks"], "parameters": parameters, "ms_per_token": t["token"]["median_ms"],
-                     "ms_per_token_iqr": t["token"]["iqr_ms"], "ms_per_forward": t["forward"]["median_ms"],
-                     "ms_per_forward_iqr": t["forward"]["iqr_ms"], "latency_repeats": repeats}
-    return out
-
-
 def block_removals(session: Session, n_windows: int, dtype: str, pairs_up_to: int = 12,
                    progress: bool = True) -> dict:
     """Test perplexity with every single block removed, and every pair when the model has at most
@@ -222,121 +193,16 @@ def sensitivity_ppl(paths: ReportPaths) -> list[float]:
     return [row["ppl"] for row in read_record(paths, "baseline", "01_baseline")["sensitivity"]]
 
 
-# --- 03: searches -------------------------------------------------------------------------------------------
-
-def search_settings(session: Session, run: dict, **shared) -> Settings:
-    """A run entry of a profile (``run_search`` keywords) as settings on this session's model and data, its
-    ``dtype`` resolved for this machine."""
-    settings = Settings.from_dict({**shared, **run, "model": session.name, "data": portable_data(session.data)})
-    return replace(settings, dtype=hardware.resolve_dtype(settings.dtype))
+# --- 03: searches, each against uniform and the rules at its target ------------------------------------------
 
 
-def measure_test(session: Session, genome, settings: Settings) -> dict:
-    """Reported numbers for one genome: test split, both protocols, in ``settings.test_dtype``."""
-    return session.reported(genome, settings.criterion, settings.test_windows, settings.batch_size,
-                            settings.test_dtype, settings.study_windows)
-
-
-def protocol_record(test: dict, protocol: str, dtype: str) -> dict:
-    key = {"primary": "test", "study": "study"}[protocol]
-    return {"protocol": protocol, "split": "test", "dtype": dtype, "n_windows": test[f"{key}_windows"]}
-
-
-def rule_allocations(session: Session, settings: Settings, sensitivity: list[float] | None) -> dict[str, list]:
-    """The allocations that need no search at the search's target, per gene: OWL, and the sensitivity ranking
-    when a scan is given (uniform is always the race's first candidate)."""
-    rules = {"OWL": owl_rates(session.outlier_ratios(), settings.target)}
-    if sensitivity is not None:
-        rules["sensitivity"] = sensitivity_rates(sensitivity, settings.target)
-    per_block = GENES[settings.genes]
-    return {name: [rate for rate in rates for _ in range(per_block)] for name, rates in rules.items()}
-
-
-def run_search(session: Session, settings: Settings, out, progress: bool = True, objective=None,
-               sensitivity: list[float] | None = None) -> dict:
-    """Search for the rate vector with the best fitness at ``settings.target``; write and return result.json.
-    A finished search in ``out`` is read back; an interrupted one resumes from its checkpoint. ``objective``:
-    a parallel scorer of the session's objective (``workers.open_pool``), else the session's own. A race starts
-    from the best of uniform, OWL and (given a scan's perplexities, ``sensitivity``) the sensitivity ranking."""
-    config = settings.as_config()
-    out = Path(out)
-    done = finished_result(out, config)
-    if done is not None:
-        print(f"{out / RESULT} already holds this search (same config): not recomputed.", file=sys.stderr)
-        _read_back["searches"] += 1
-        return done
-    if session.data != HUB:
-        for split in (settings.fitness_split, "test"):
-            local_file(session.data, split)
-    own = session.objective(settings)
-    pruner = own.pruner
-    rules = rule_allocations(session, settings, sensitivity) if settings.strategy == "race" else None
-    search = optimize(objective or own, pruner.gene_sizes(), settings, out, progress, rules)
-
-    uniform = [settings.target] * pruner.n_genes
-    if settings.strategy == "race":  # fitness is on fresh samples: uniform's is the one from generation 0
-        uniform_fitness = search.strategy.start["uniform"]
-    else:
-        cached = search.evaluator.cache.get((genome_key(uniform), settings.fitness_windows))
-        uniform_fitness = cached if cached is not None else own(uniform, settings.fitness_windows)
-    best, base = (measure_test(session, genome, settings) for genome in (search.best_genome, uniform))
-    session.restore()
-    fitness_protocol = {"kind": settings.fitness, "protocol": "study" if settings.strategy == "published" else
-                        "primary", "split": settings.fitness_split, "seq_len": settings.seq_len,
-                        "dtype": settings.dtype, "n_windows": settings.fitness_windows,
-                        "samples": "fresh each generation and stage" if settings.strategy == "race" else "fixed"}
-    result = {
-        "strategy": settings.strategy, "criterion": settings.criterion, "target": settings.target,
-        "genome": search.best_genome, "block_sparsity": best["block_sparsity"],
-        "model_sparsity": best["model_sparsity"], "fitness": search.best_fitness, "fitness_kind": settings.fitness,
-        "fitness_split": settings.fitness_split, "test_ppl": best["test_ppl"], "study_ppl": best["study_ppl"],
-        "uniform": {"genome": uniform, "fitness": uniform_fitness,
-                    **{k: base[k] for k in ("test_ppl", "study_ppl", "block_sparsity", "model_sparsity")}},
-        "evaluations": search.evaluator.evaluations, "forward_tokens": search.evaluator.forward_tokens,
-        "wall_s": search.history[-1]["wall_s"], "best_found_at": search.best_at, "config": config,
-        "start": getattr(search.strategy, "start", None),
-        "provenance": provenance(
-            model=session.name, weights=session.loaded.weights_hash,
-            data={"fitness": session.tokens(settings.fitness_split).provenance(),
-                  "test": session.tokens("test").provenance()},
-            seed=settings.seed, dtype={"fitness": settings.dtype, "test": settings.test_dtype},
-            dtype_decision=hardware.dtype_decision(), criterion=settings.criterion,
-            protocols={"fitness": fitness_protocol,
-                       "test_ppl": protocol_record(best, "primary", settings.test_dtype),
-                       "study_ppl": protocol_record(best, "study", settings.test_dtype)}),
-    }
-    write_json(out / RESULT, result)
-    return result
-
-
-SEARCH_FIELDS = ("strategy", "criterion", "target", "genome", "block_sparsity", "model_sparsity", "fitness",
-                 "fitness_kind", "fitness_split", "test_ppl", "study_ppl", "evaluations", "forward_tokens",
-                 "wall_s", "best_found_at", "config")
-
-
-def min_sparsity(config: dict) -> float:
-    """The sparsity a search guarantees: exactly its target for the elitist strategy; for the published GA (a
-    penalty below target - tolerance, no upper bound) at least target - tolerance."""
-    if config["strategy"] == "published":
-        return round(config["target"] - config["tolerance"], 6)
-    return config["target"]
-
-
-def ga_row(result: dict, run: str) -> dict:
-    """What the reports need of a ``run_search`` result, named ``run``."""
-    protocols = result["provenance"]["protocols"]
-    return {"run": run, **{k: result[k] for k in SEARCH_FIELDS}, "min_sparsity": min_sparsity(result["config"]),
-            "test_windows": protocols["test_ppl"]["n_windows"], "study_windows": protocols["study_ppl"]["n_windows"],
-            "uniform_at_target": {k: result["uniform"][k] for k in ("fitness", "test_ppl", "study_ppl")}}
-
-
-def generalization(session: Session, result: dict, run: str, n_windows: int | None = None,
+def generalization(session: Session, result: SearchRecord, run: str, n_windows: int | None = None,
                    rules: dict[str, list] | None = None) -> dict:
     """A search's best genome against uniform at the same sparsity, and against ``rules`` (the allocations that
     need no search at its target), on a second text that no fitness ever saw (standard-library docstrings,
     ``data.PYTHON_DOCS``), float32, primary protocol."""
-    criterion = result["criterion"]
-    genomes = {"ga": result["genome"], "uniform": result["uniform"]["genome"], **(rules or {})}
+    criterion = result.config["criterion"]
+    genomes = {"ga": result.genome, "uniform": result.test["uniform"]["genome"], **(rules or {})}
     ppl = {name: session.measure(session.apply(genome, criterion), "primary", n_windows, split=PYTHON_DOCS)
            for name, genome in genomes.items()}
     session.restore()
@@ -352,16 +218,16 @@ def generalization(session: Session, result: dict, run: str, n_windows: int | No
 VALIDATION_WINDOWS = 16  # the fixed validation windows on which a search's gain is compared with its test gain
 
 
-def overfitting(session: Session, result: dict, run: str, n_windows: int = VALIDATION_WINDOWS) -> dict:
+def overfitting(session: Session, result: SearchRecord, run: str, n_windows: int = VALIDATION_WINDOWS) -> dict:
     """A search's gain over uniform at the same sparsity on the split its fitness came from (the first
     ``n_windows`` validation windows, float32, primary protocol) beside its gain on test: a ratio of the two
     well below 1 means the search learnt its fitness data rather than the model."""
-    criterion = result["criterion"]
-    val = {name: session.measure(session.apply(genome, criterion), "primary", n_windows, split=result["fitness_split"])
-           for name, genome in (("ga", result["genome"]), ("uniform", result["uniform"]["genome"]))}
+    criterion, split, test = result.config["criterion"], result.config["fitness_split"], result.test
+    val = {name: session.measure(session.apply(genome, criterion), "primary", n_windows, split=split)
+           for name, genome in (("ga", result.genome), ("uniform", test["uniform"]["genome"]))}
     session.restore()
-    val_ratio, test_ratio = val["ga"].ppl / val["uniform"].ppl, result["test_ppl"] / result["uniform"]["test_ppl"]
-    return {"run": run, "split": result["fitness_split"], "windows": val["ga"].n_windows,
+    val_ratio, test_ratio = val["ga"].ppl / val["uniform"].ppl, test["test_ppl"] / test["uniform"]["test_ppl"]
+    return {"run": run, "split": split, "windows": val["ga"].n_windows,
             "ga_ppl": val["ga"].ppl, "uniform_ppl": val["uniform"].ppl, "fitness_split_ratio": val_ratio,
             "test_ratio": test_ratio, "fitness_split_over_test": val_ratio / test_ratio}
 
@@ -389,19 +255,19 @@ def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criteri
               "dtype": dtype}
     sensitivity = sensitivity_ppl(paths)
     settings = {name: search_settings(session, run, **shared) for name, run in runs.items()}
-    results = {name: run_search(session, s, paths.search(name), sensitivity=sensitivity)
-               for name, s in settings.items()}
+    results = {name: run_search(session, s, spec, paths.search(name), sensitivity=sensitivity)
+               for name, (s, spec) in settings.items()}
     rows = [ga_row(result, name) for name, result in results.items()]
     rules, rule_table = {}, []
-    for s in settings.values():
-        if s.strategy != "published" and (s.criterion, s.target) not in rules:  # the rules: one rate per block
-            rules[s.criterion, s.target] = rule_allocations(session, replace(s, genes="block"), sensitivity)
-            rule_table += rule_rows(session, s.criterion, s.target, rules[s.criterion, s.target], test_windows)
+    for s, spec in settings.values():
+        if s.strategy != "published" and (spec.criterion, s.target) not in rules:  # the rules: one rate per block
+            rules[spec.criterion, s.target] = rule_allocations(session, s.target, "block", sensitivity)
+            rule_table += rule_rows(session, spec.criterion, s.target, rules[spec.criterion, s.target], test_windows)
     held_out = [generalization(session, result, name, test_windows if docs_windows is None else docs_windows,
-                               rules.get((settings[name].criterion, settings[name].target)))
+                               rules.get((result.config["criterion"], result.config["target"])))
                 for name, result in results.items()]
     overfit = [overfitting(session, result, name) for name, result in results.items()]
-    histories = {name: read_csv(paths.search(name) / "history.csv") for name in results}
+    histories = {name: result.history for name, result in results.items()}
     write_table(held_out, paths.table("generalization"))
     write_table(genome_table(rows, session.n_blocks), paths.table("ga_genomes"))
     write_table([{"run": name, **row} for name, rows in histories.items() for row in rows], paths.table("convergence"))
@@ -415,12 +281,13 @@ def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criteri
 
 def genome_table(rows: list[dict], n_blocks: int) -> list[dict]:
     """One row per block: each search's best rate, or its attention and MLP rates (``--genes group``)."""
-    def rates(genome: list[float], block: int) -> dict[str, float]:
-        if len(genome) == 2 * n_blocks:
+    def rates(row: dict, block: int) -> dict[str, float]:
+        genome = row["genome"]
+        if row["config"]["genes"] == "group":
             return {"attention": genome[2 * block], "MLP": genome[2 * block + 1]}
         return {"": genome[block]}
     return [{"block": b, **{f"GA {r['run']} {group}".rstrip(): rate for r in rows
-                            for group, rate in rates(r["genome"], b).items()}} for b in range(n_blocks)]
+                            for group, rate in rates(r, b).items()}} for b in range(n_blocks)]
 
 
 def criterion_budget(budget: dict, criterion: str) -> dict:
@@ -441,51 +308,18 @@ def ga_sweep(session: Session, paths: ReportPaths, targets: list[float], criteri
     rows = []
     for criterion in criteria:
         for target in targets:
-            settings = search_settings(session, criterion_budget(budget, criterion), criterion=criterion,
+            settings, spec = search_settings(session, criterion_budget(budget, criterion), criterion=criterion,
                                        target=target, seed=seed, test_windows=test_windows, study_windows=0,
                                        test_dtype=method_dtype, dtype=dtype)
-            result = run_search(session, settings, paths.search("methods") / f"{criterion}-{round(target * 100)}",
+            result = run_search(session, settings, spec, paths.search("methods") / f"{criterion}-{round(target * 100)}",
                                 sensitivity=sensitivity)
             rows.append({"criterion": criterion, "method": "GA", "target": target,
-                         "block_sparsity": result["block_sparsity"], "test_ppl": result["test_ppl"],
-                         "test_windows": result["provenance"]["protocols"]["test_ppl"]["n_windows"],
-                         "dtype": method_dtype, "genome": result["genome"], "fitness": result["fitness"],
-                         "uniform_fitness": result["uniform"]["fitness"], "evaluations": result["evaluations"],
-                         "forward_tokens": result["forward_tokens"], "wall_s": result["wall_s"]})
+                         "block_sparsity": result.test["block_sparsity"], "test_ppl": result.test["test_ppl"],
+                         "test_windows": result.test["test_windows"], "dtype": method_dtype,
+                         "genome": result.genome, "fitness": result.fitness,
+                         "uniform_fitness": result.start["uniform"], "evaluations": result.spent.evaluations,
+                         "forward_tokens": result.spent.forward_tokens, "wall_s": result.spent.wall_s})
     return rows
-
-
-def removal_run(session: Session, k: int, out, population: int, generations: int, fitness_windows: int,
-                test_windows: int, dtype: str, seed: int = 0) -> dict:
-    """The DEAP-style GA over sets of exactly ``k`` removed blocks, fitness = validation perplexity (``dtype``,
-    ``fitness_windows``), then the best set measured like ``block_removals``. Written to ``out/result.json``;
-    a finished run with the same settings is read back."""
-    from evoprune.removal import removal_search
-    settings = {"k": k, "population": population, "generations": generations, "fitness_windows": fitness_windows,
-                "test_windows": test_windows, "seed": seed, "dtype": dtype}
-    path = Path(out) / "result.json"
-    if path.is_file():
-        saved = read_json(path)
-        if saved["settings"] != settings:
-            raise EvopruneError(f"{path} holds a different removal search ({saved['settings']}): use another "
-                                f"directory, or delete it to start over.")
-        return saved
-    session.restore()
-    fast = session.model_in(dtype)
-    fit = perplexity.windows(session.tokens("validation").ids, max_windows=fitness_windows)
-    start = time.perf_counter()
-    found = removal_search(lambda removed: removal_ppl(fast, removed, fit, dtype), session.n_blocks, k, population,
-                           generations, seed)
-    wall = time.perf_counter() - start
-    wins = perplexity.windows(session.tokens("test").ids, max_windows=test_windows)
-    timed = removal_latency(session, {"dense": [], "removed": found["removed"]})
-    test = {"removed": found["removed"], "test_ppl": removal_ppl(fast, found["removed"], wins, dtype),
-            "test_windows": len(wins), "dtype": dtype, **timed["removed"],
-            "dense_ms_per_token": timed["dense"]["ms_per_token"], "dense_ms_per_forward": timed["dense"]["ms_per_forward"]}
-    result = {**found, "settings": settings, "wall_s": wall, "forward_tokens": found["evaluations"] * fit.numel(),
-              "test": test}
-    write_json(path, result)
-    return result
 
 
 def export_check(session: Session, out_dir, genome=None, removed=None, criterion: str = "magnitude",
@@ -527,10 +361,10 @@ def methods_with_search(session: Session, paths: ReportPaths, targets: list[floa
     best_wanda = min((r for r in rows if r["criterion"] == "wanda"), key=lambda r: r["target"])
     exports = [export_check(session, export_dir(paths.profile, "ga-wanda"), genome=best_wanda["genome"],
                             criterion="wanda", n_windows=export_windows),
-               export_check(session, export_dir(paths.profile, "removal"), removed=removal_ga["removed"],
+               export_check(session, export_dir(paths.profile, "removal"), removed=removal_ga.genome,
                             n_windows=export_windows)]
     return record(paths, "methods_ga", "03_ga_search", session,
-                  {"rows": rows, "removal_ga": removal_ga, "exports": exports}, seed=seed, targets=targets,
+                  {"rows": rows, "removal_ga": removal_ga.to_dict(), "exports": exports}, seed=seed, targets=targets,
                   criteria=criteria, budget=budget, removal=removal, test_windows=n_windows, dtype=method_dtype,
                   fitness_dtype=dtype, dtype_decision=hardware.dtype_decision())
 

@@ -11,9 +11,7 @@ again and overwritten.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -23,10 +21,10 @@ import torch
 
 from evoprune import EvopruneError
 from evoprune.models import CACHE_DIR
-from evoprune.perplexity import get_dtype
-from evoprune.results import write_json
+from evoprune.perplexity import DTYPE_CHOICES, DTYPES, get_dtype
+from evoprune.provenance import cpu_info
+from evoprune.records import write_json
 
-CHOICES = ("auto", "float32", "bfloat16")
 PROBE_SHAPE = (256, 576, 768)  # rows x in x out: a slice of a SmolLM2 MLP matmul, small enough that emulated
                                # bf16 (~2 GFLOP/s on AVX2-only CPUs) still takes well under a second
 PROBE_REPEATS = 3                # timed calls per dtype after one warm-up; the best counts
@@ -35,20 +33,6 @@ BF16_SPEEDUP = 1.2               # bfloat16 must beat float32 GFLOP/s by this fa
 
 _last: dict | None = None  # the latest decision, for dtype_decision()
 _printed: set[str] = set()
-
-
-def cpu_info() -> tuple[str, str]:
-    """CPU model name and a hash of its feature flags, from /proc/cpuinfo (the platform's name elsewhere)."""
-    found = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            found.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = found.get("model name") or platform.processor() or platform.machine()
-    flags = found.get("flags") or found.get("Features", "")
-    return name, hashlib.sha256(flags.encode()).hexdigest()[:16]
 
 
 def fingerprint() -> dict:
@@ -66,8 +50,8 @@ def probe_matmul(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = PROBE
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(rows, inner, generator=gen), torch.randn(inner, cols, generator=gen)
     start, figures = time.perf_counter(), {}
-    for name in ("float32", "bfloat16"):
-        x, w = a.to(get_dtype(name)), b.to(get_dtype(name))
+    for name, dtype in DTYPES.items():
+        x, w = a.to(dtype), b.to(dtype)
         t = time.perf_counter()
         torch.mm(x, w)
         best = spent = time.perf_counter() - t  # the warm-up counts only where it alone is slow (emulated bf16)
@@ -107,8 +91,8 @@ def resolve_dtype(name: str, probe: Callable[[], dict] | None = None, path: Path
     device that supports it natively or on a CPU where the probe finds it ``BF16_SPEEDUP`` x faster, else float32.
     ``probe`` replaces ``probe_matmul`` (tests). The decision is printed once per process, to stderr."""
     global _last
-    if name not in CHOICES:
-        raise EvopruneError(f"unknown dtype {name!r}: use one of {', '.join(CHOICES)}.")
+    if name not in DTYPE_CHOICES:
+        raise EvopruneError(f"unknown dtype {name!r}: use one of {', '.join(DTYPE_CHOICES)}.")
     here, figures = fingerprint(), None
     if name != "auto":
         get_dtype(name)

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from evoprune import EvopruneError
-from evoprune.results import OUTPUT_ROOT_ENV, ROOT, ReportPaths, record_timing, report_paths
+from evoprune.records import OUTPUT_ROOT_ENV, record_timing, report_paths, ReportPaths, ROOT
 
 PARAMS_DIR = ROOT / "params"
 KERNEL = "python3"

@@ -24,6 +24,8 @@ from evoprune import EvopruneError
 
 PROTOCOLS = ("primary", "sliding", "study")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", *DTYPES)  # auto: chosen per machine (``hardware.resolve_dtype``)
+STUDY_STRIDE = 512  # the published study's windows start every 512 tokens
 
 
 _FORWARD_TOKENS: Counter = Counter()  # tokens run through a model by this process, by dtype
@@ -70,7 +72,7 @@ def windows(ids: torch.Tensor, seq_len: int = 1024, max_windows: int | None = No
     return ids[: n * seq_len].view(n, seq_len)
 
 
-def study_windows(ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, n: int = 128,
+def study_windows(ids: torch.Tensor, seq_len: int = 1024, stride: int = STUDY_STRIDE, n: int = 128,
                   seed: int = 365) -> torch.Tensor:
     """The study's windows: full windows every ``stride`` tokens, ``n`` of them sampled with a fixed seed."""
     starts = list(range(0, ids.numel() - seq_len + 1, stride))
@@ -167,7 +169,7 @@ def study(model, wins, batch_size=4, dtype=torch.float32, progress=False, hidden
     return Perplexity(exp_or_inf(nll.mean(dim=1).mean().item()), len(wins), nll.numel(), "study")
 
 
-def sliding(model, ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, dtype=torch.float32,
+def sliding(model, ids: torch.Tensor, seq_len: int = 1024, stride: int = STUDY_STRIDE, dtype=torch.float32,
             progress: bool = False) -> Perplexity:
     """The Hugging Face guide's strided evaluation, counting exactly the tokens each window scores."""
     total, count, n_windows, prev_end = 0.0, 0, 0, 0
@@ -183,7 +185,7 @@ def sliding(model, ids: torch.Tensor, seq_len: int = 1024, stride: int = 512, dt
 
 
 def measure(model, ids: torch.Tensor, protocol: str = "primary", seq_len: int = 1024,
-            max_windows: int | None = None, stride: int = 512, batch_size: int = 4,
+            max_windows: int | None = None, stride: int = STUDY_STRIDE, batch_size: int = 4,
             dtype: torch.dtype = torch.float32, progress: bool = False) -> Perplexity:
     """Perplexity of ``model`` on token ids under one protocol."""
     if protocol == "primary":

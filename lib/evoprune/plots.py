@@ -23,7 +23,7 @@ def _figure(width: float = 7.0, height: float = 4.2):
 
 
 def search_colors(names) -> dict[str, str]:
-    """A colour per search name (``report.seed_groups``' names), in order of first appearance."""
+    """A colour per search name (``stats.seed_groups``' names), in order of first appearance."""
     names = list(dict.fromkeys(names))
     return {name: SEARCH_COLORS[i % len(SEARCH_COLORS)] for i, name in enumerate(names)}
 

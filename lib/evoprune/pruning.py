@@ -10,41 +10,20 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
 
 from evoprune import EvopruneError
+from evoprune.criteria import Criterion, get_criterion, wanda_scores
 from evoprune.models import Matrix, blocks, copy_in, prunable_matrices
 from evoprune.perplexity import count_forward
 
 GROUPS = ("attention", "mlp")
+GENES = {"block": 1, "group": 2}  # gene layouts: one rate per block, or an attention and an MLP rate per block
 CALIBRATION_WINDOWS = 8  # validation windows whose activations calibrate Wanda and OWL
-
-
-# --- criteria: a score per weight in (out, in) layout, and whether scores compete within rows only ------------
-
-def magnitude_scores(matrix: Matrix, norms: dict | None = None) -> torch.Tensor:
-    return matrix.out_in().abs().float()
-
-
-def wanda_scores(matrix: Matrix, norms: dict) -> torch.Tensor:
-    """Wanda: |W_ij| * ||X_j||_2, with X the matrix's input on calibration tokens."""
-    return matrix.out_in().abs().float() * norms[matrix.name].unsqueeze(0)
-
-
-magnitude_scores.per_row, magnitude_scores.needs_calibration = False, False
-wanda_scores.per_row, wanda_scores.needs_calibration = True, True
-
-CRITERIA: dict[str, Callable] = {"magnitude": magnitude_scores, "wanda": wanda_scores}
-
-
-def get_criterion(name: str) -> Callable:
-    if name not in CRITERIA:
-        raise EvopruneError(f"unknown criterion {name!r}: use one of {', '.join(sorted(CRITERIA))}.")
-    return CRITERIA[name]
 
 
 @torch.no_grad()
@@ -87,14 +66,27 @@ def ordering(scores: torch.Tensor, per_row: bool, transposed: bool) -> torch.Ten
     return flat.to(torch.int32)
 
 
-def orderings(matrices: list[Matrix], score: Callable, norms: dict | None) -> list[torch.Tensor]:
+def orderings(matrices: list[Matrix], criterion: Criterion, norms: dict | None) -> list[torch.Tensor]:
     """Each matrix's ordering. A sort runs on one core, so the matrices are sorted on a thread per core (torch
     releases the GIL); the orderings are the same."""
     def one(m: Matrix) -> torch.Tensor:
         with torch.no_grad():  # grad mode is per thread
-            return ordering(score(m, norms), score.per_row, m.transposed)
+            return ordering(criterion.score(m, norms), criterion.per_row, m.transposed)
     with ThreadPoolExecutor(torch.get_num_threads()) as pool:
         return list(pool.map(one, matrices))
+
+
+def genes_per_block(genome, n_blocks: int) -> int:
+    """2 for a rate vector with an attention and an MLP rate per block, else 1 (a number counts as either)."""
+    return 2 if isinstance(genome, (list, tuple)) and len(genome) == 2 * n_blocks else 1
+
+
+def build_pruner(model: nn.Module, criterion: str, genes_per_block: int = 1,
+                 calibration: torch.Tensor | None = None):
+    """The pruner of a criterion: its own factory where it has one (``criteria`` module docstring), else a
+    ``Pruner`` zeroing weights in its score order."""
+    factory = get_criterion(criterion).pruner or Pruner
+    return factory(model, criterion, genes_per_block, calibration)
 
 
 def count_for(rate: float, numel: int) -> int:
@@ -128,14 +120,14 @@ class Pruner:
         self.genes_per_block = genes_per_block
         self.n_blocks = len(blocks(model))
         self.matrices = prunable_matrices(model)
-        score = get_criterion(criterion)
+        chosen = get_criterion(criterion)
         norms = None
-        if score.needs_calibration:
+        if chosen.needs_calibration:
             if calibration is None:
                 raise EvopruneError(f"criterion {criterion!r} needs calibration windows (validation split).")
             norms = input_norms(model, calibration)
         self.dense = [m.weight.data.clone() for m in self.matrices]
-        self.orders = orderings(self.matrices, score, norms)
+        self.orders = orderings(self.matrices, chosen, norms)
         self.removed = [0] * len(self.matrices)
         self.genome = [0.0] * self.n_genes
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from evoprune import EvopruneError
-from evoprune.search import tournament
+from evoprune.strategies import tournament
 
 def repair(genes: list[int], n_blocks: int, rng: np.random.Generator) -> tuple[int, ...]:
     """Replace repeated blocks by random unused ones, so exactly len(genes) distinct blocks are removed."""

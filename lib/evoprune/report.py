@@ -1,16 +1,19 @@
 """Assemble ``summary.json`` and ``REPORT.md`` from the records the notebooks leave in ``reports/<profile>/``:
-``baseline.json`` (01), ``uniform_sweep.json`` (02), ``ga.json`` (03) and the runner's ``timings.json``."""
+``baseline.json`` (01), ``uniform_sweep.json`` and ``allocations.json`` (02), ``ga.json``, ``methods_ga.json`` and
+each search's record (03), and the runner's ``timings.json``. No torch."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import numpy as np
-
-from evoprune import EvopruneError, search
-from evoprune.results import (PROTOCOLS, REPORTED_DTYPE, ROOT, ReportPaths, markdown_table, read_csv, read_json, read_record,
-                              study_published, validate_summary)
+from evoprune import EvopruneError
+from evoprune.options import default_of
+from evoprune.provenance import PROTOCOLS
+from evoprune.records import (REPORTED_DTYPE, ReportPaths, SearchRecord, markdown_table, read_json,
+                              study_published)
+from evoprune.schema import validate_summary
+from evoprune.search import RESULT, Settings
+from evoprune.stats import STORED_TOP_K, claims, fitness_comparison, methods_summary, pivot, seed_table
 
 RECORDS = {"baseline": "01_baseline", "uniform_sweep": "02_uniform_sweep", "ga": "03_ga_search",
            "allocations": "02_uniform_sweep", "methods_ga": "03_ga_search"}
@@ -19,17 +22,22 @@ GA_FIELDS = ("run", "strategy", "fitness_split", "min_sparsity", "criterion", "t
 STATUS = ((1.5, "near dense"), (4.0, "degraded"))  # PPL / dense PPL up to these bounds; above: collapsed
 
 
+def search_records(paths: ReportPaths, runs) -> dict[str, SearchRecord]:
+    """Each named search's record (``search/<run>/result.json``)."""
+    return {run: SearchRecord.read(paths.require(paths.search(run) / RESULT, "03_ga_search")) for run in runs}
+
+
 def histories(paths: ReportPaths, runs) -> dict[str, list[dict]]:
-    """Each search's ``history.csv`` (generation, best, mean, evaluations, forward tokens, wall time)."""
-    return {run: read_csv(paths.search(run) / "history.csv") for run in runs}
+    """Each search's history rows (generation, best, mean, evaluations, forward tokens, wall time)."""
+    return {run: record.history for run, record in search_records(paths, runs).items()}
 
 
 def load_records(paths: ReportPaths) -> dict:
     """The notebooks' records; a missing one is an error naming the notebook that writes it."""
-    records = {name: read_record(paths.require(paths.record(name), notebook)) for name, notebook in RECORDS.items()}
+    records = {name: read_json(paths.require(paths.record(name), notebook)) for name, notebook in RECORDS.items()}
     records["timings"] = read_json(paths.timings) if paths.timings.exists() else {}
     optional = paths.record("downstream")  # 03 writes it when its profile names downstream tasks
-    records["downstream"] = read_record(optional) if optional.exists() else {"rows": []}
+    records["downstream"] = read_json(optional) if optional.exists() else {"rows": []}
     return records
 
 
@@ -70,10 +78,11 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
         "uniform": [{k: r[k] for k in ("sparsity", "criterion", "block_sparsity", "test_ppl", "study_ppl")}
                     for r in sweep["rows"]],
         "ga": [{**{k: r[k] for k in GA_FIELDS}, "fitness_kind": r["fitness_kind"],
-                "generations_run": len(read_csv(paths.search(r["run"]) / "history.csv"))} for r in ga["rows"]],
+                "generations_run": len(history)}
+               for r, history in zip(ga["rows"], histories(paths, [r["run"] for r in ga["rows"]]).values())],
         "generalization": ga["generalization"],
-        "rules": [{k: v for k, v in r.items() if k != "genome"} for r in ga.get("rules", [])],
-        "overfitting": ga.get("overfitting", []),
+        "rules": [{k: v for k, v in r.items() if k != "genome"} for r in ga["rules"]],
+        "overfitting": ga["overfitting"],
         "methods": methods_summary(records["allocations"], records["methods_ga"]),
         "downstream": records["downstream"]["rows"],
     }
@@ -81,33 +90,6 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
     summary["fitness_comparison"] = fitness_comparison(summary, records["baseline"]["data"])
     summary["claims"] = claims(summary)
     return validate_summary(summary)
-
-
-def methods_summary(allocations: dict, methods_ga: dict) -> dict:
-    """Issue 6's comparison: every criterion x allocation (GA included) per target, whole-block removal and the
-    exports, all on the same windows and dtype (checked)."""
-    removal = allocations["block_removal"]
-    rows = [{k: v for k, v in r.items() if k != "genome"} for r in allocations["rows"] + methods_ga["rows"]]
-    seen = {(r["test_windows"], r["dtype"]) for r in rows}
-    if len(seen) != 1:
-        raise EvopruneError(f"02 and 03 measured the methods on different windows or dtypes {sorted(seen)}: re-run "
-                            f"them with the same method_windows and method_dtype.")
-    windows, dtype = seen.pop()
-    # records from before the allocations kept their own dense measurement shared windows and dtype with removal
-    dense_ppl = allocations.get("dense_ppl", removal["depths"][0]["test_ppl"])
-    n = removal["dense_blocks"]
-    removal_ga = methods_ga["removal_ga"]
-    removal_dense = removal["depths"][0]["test_ppl"]  # removal is measured on its own windows and dtype
-    removed = [{"removed": r["removed"], "share": len(r["removed"]) / n, "test_ppl": r["test_ppl"],
-                "over_dense": r["test_ppl"] / removal_dense} for r in removal["depths"][1:] + [removal_ga["test"]]]
-    return {"test_windows": windows, "dtype": dtype, "dense_ppl": dense_ppl, "rows": rows,
-            "removal_windows": removal["test_windows"], "removal_dtype": removal["dtype"],
-            "removal_dense_ppl": removal_dense,
-            "genomes": {f"{r['criterion']}-{r['target']:.0%}": r["genome"] for r in methods_ga["rows"]},
-            "removal_depths": removal["depths"], "removal_points": removed,
-            "removal_ga": {k: v for k, v in removal_ga.items() if k != "history"},
-            "single_removal": removal["single"], "exports": methods_ga["exports"],
-            "budget": methods_ga["provenance"].get("budget")}
 
 
 def methods_table(summary: dict) -> list[dict]:
@@ -134,9 +116,8 @@ def removal_table(summary: dict) -> list[dict]:
 
 
 def _removal_cells(d: dict) -> dict:
-    def timing(key: str, digits: int) -> str:  # median, and the IQR of interleaved rounds where recorded
-        spread = d.get(f"{key}_iqr")
-        return f"{d[key]:.{digits}f}" + (f" (IQR {spread:.{digits}f})" if spread is not None else "")
+    def timing(key: str, digits: int) -> str:  # median, and the IQR of interleaved rounds
+        return f"{d[key]:.{digits}f} (IQR {d[f'{key}_iqr']:.{digits}f})"
     return {"Blocks": d["blocks"], "Parameters": f"{d['parameters']:,}", "Perplexity": d["test_ppl"],
             "ms / generated token": timing("ms_per_token", 1), "ms / 1024-token forward": timing("ms_per_forward", 0)}
 
@@ -150,170 +131,10 @@ def wanda_targets(summary: dict) -> str:
     return "GA with Wanda, " + "; ".join(parts) if parts else ""
 
 
-def seed_groups(ga_rows: list[dict]) -> dict[str, list[dict]]:
-    """GA runs grouped by everything in their config but the seed: one group per search repeated over seeds,
-    named by its first run (and the number of seeds when there are several)."""
-    groups: dict[str, list[dict]] = {}
-    for row in ga_rows:
-        key = json.dumps({k: v for k, v in row["config"].items() if k != "seed"}, sort_keys=True)
-        groups.setdefault(key, []).append(row)
-    return {(rows[0]["run"] if len(rows) == 1 else f"{rows[0]['run']} ({len(rows)} seeds)"): rows
-            for rows in groups.values()}
-
-
-def run_groups(ga_rows: list[dict]) -> dict[str, str]:
-    """Each run's search (``seed_groups``' name): the seeds of one search share its colour in the figures."""
-    return {row["run"]: name for name, rows in seed_groups(ga_rows).items() for row in rows}
-
-
 def race_progress(paths: ReportPaths, ga_rows: list[dict]) -> dict[str, list[dict]]:
-    """Each race's progress on paired samples (``search.race_progress``), from its checkpoint."""
-    return {row["run"]: search.race_progress(read_json(paths.search(row["run"]) / search.CHECKPOINT))
-            for row in ga_rows if row["strategy"] == "race"}
-
-
-def layer_profiles(summary: dict) -> dict[str, list[list[float]]]:
-    """Figure 2's input: the best genome of each search, one per seed, one rate per block. A search with an
-    attention and an MLP rate per block (``--genes group``, stored in turn) gives two profiles. Keyed by the
-    search's first run: the figure's label counts the seeds."""
-    n_blocks, profiles = summary["parameter_counts"]["n_blocks"], {}
-    for rows in seed_groups(summary["ga"]).values():
-        name, genomes = rows[0]["run"], [row["genome"] for row in rows]
-        if len(genomes[0]) == 2 * n_blocks:
-            profiles[f"{name} attention"] = [g[0::2] for g in genomes]
-            profiles[f"{name} MLP"] = [g[1::2] for g in genomes]
-        else:
-            profiles[name] = genomes
-    return profiles
-
-
-def rank_correlation(a: list[float], b: list[float]) -> float:
-    """Spearman's rho: the correlation of the two profiles' ranks (tied rates share their mean rank)."""
-    def ranks(x):
-        x = np.asarray(x, dtype=float)
-        r = np.empty(len(x))
-        r[np.argsort(x, kind="stable")] = np.arange(len(x))
-        for value in np.unique(x):
-            r[x == value] = r[x == value].mean()
-        return r
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def seed_table(summary: dict) -> list[dict]:
-    """Each search run over several seeds: mean and range of its test perplexity, against uniform at its target,
-    and how alike its layer profiles are (Spearman's rho between every pair of seeds)."""
-    rows = []
-    for name, runs in seed_groups(summary["ga"]).items():
-        if len(runs) < 2:
-            continue
-        ppl = [r["test_ppl"] for r in runs]
-        rhos = [rank_correlation(a["genome"], b["genome"]) for i, a in enumerate(runs) for b in runs[i + 1:]]
-        rows.append({"search": name, "seeds": [r["config"]["seed"] for r in runs], "test_ppl_mean": float(np.mean(ppl)),
-                     "test_ppl_min": min(ppl), "test_ppl_max": max(ppl),
-                     "mean_over_uniform": float(np.mean(ppl)) / runs[0]["uniform_at_target"]["test_ppl"],
-                     "profile_rho_mean": float(np.mean(rhos)), "profile_rho_min": min(rhos)})
-    return rows
-
-
-def main_group(summary: dict) -> list[dict]:
-    """The main search: the race (else elitist) runs repeated over the most seeds, with perplexity fitness."""
-    groups = [rows for rows in seed_groups(summary["ga"]).values()
-              if rows[0]["strategy"] != "published" and rows[0].get("fitness_kind", "ppl") == "ppl"]
-    return max(groups, key=len, default=[])
-
-
-def _cell(measured: float | None, bound: float, what: str, target: str) -> dict:
-    return {"what": what, "measured": measured, "target": target,
-            "met": None if measured is None else bool(measured <= bound)}
-
-
-def claims(summary: dict) -> list[dict]:
-    """Issue 16's targets as measured: the main search (mean over its seeds) against uniform and the best rule at
-    its target, on test and on the second held-out text; every methods cell against the best rule there; and
-    how much of its gain on the fitness split carried over to test."""
-    runs = main_group(summary)
-    if not runs:
-        return []
-    names, (criterion, target) = {r["run"] for r in runs}, (runs[0]["criterion"], runs[0]["target"])
-    mean = float(np.mean([r["test_ppl"] for r in runs]))
-    rules = {r["method"]: r["test_ppl"] for r in summary.get("rules", [])
-             if r["criterion"] == criterion and r["target"] == target}
-    label = f"{target:.0%} {criterion}, GA ({f'mean of {len(runs)} seeds' if len(runs) > 1 else 'one seed'})"
-    out = [_cell(mean / runs[0]["uniform_at_target"]["test_ppl"], 0.5, f"{label} / uniform, test", "≤ 0.5")]
-    if rules:
-        out.append(_cell(mean / min(rules.values()), 0.85,
-                         f"{label} / the best no-search allocation ({min(rules, key=rules.get)}), test", "≤ 0.85"))
-    held = [g for g in summary["generalization"] if g["run"] in names]
-    for rule, bound in (("uniform", 0.55), ("sensitivity", 0.85)):
-        ratios = [g[f"ga_over_{rule}"] for g in held if f"ga_over_{rule}" in g]
-        if ratios:
-            out.append(_cell(float(np.mean(ratios)), bound, f"{label} / {rule}, python-docs", f"≤ {bound}"))
-    over = [o["fitness_split_over_test"] for o in summary.get("overfitting", []) if o["run"] in names]
-    if over:
-        out.append({"what": f"{label}: gain on validation / gain on test (ratios to uniform)",
-                    "measured": float(np.mean(over)), "target": "reported; closer to 1 than 0.59/0.65 = 0.91",
-                    "met": None})
-    cells: dict[tuple, dict] = {}
-    for r in summary["methods"]["rows"]:
-        cells.setdefault((r["criterion"], r["target"]), {})[r["method"]] = r["test_ppl"]
-    for (crit, t), methods in sorted(cells.items()):
-        if "GA" in methods and len(methods) > 1:
-            best = min((m for m in methods if m != "GA"), key=methods.get)
-            bound = 0.8 if t >= 0.6 else 0.95
-            out.append(_cell(methods["GA"] / methods[best], bound,
-                             f"methods table, {crit} {t:.0%}: GA / the best no-search allocation ({best})",
-                             f"≤ {bound}"))
-    return out
-
-
-STORED_TOP_K = 32  # a stored KL reference: the top-k log-probabilities of every position (plus the remaining mass)
-
-
-def reference_tokens(config: dict, generations: int) -> int:
-    """Forward tokens a race with KL fitness spends on the dense model's reference: one dense pass over every
-    fresh sample (generation 0's one sample of the last stage's size, then each later generation's stages)."""
-    windows = config["low_windows"] * 2 ** (config["stages"] - 1)
-    windows += (generations - 1) * sum(config["low_windows"] * 2 ** k for k in range(config["stages"]))
-    return windows * config["seq_len"]
-
-
-def fitness_comparison(summary: dict, data: dict) -> list[dict]:
-    """KL against perplexity fitness: pairs of searches alike in everything but the fitness, at the same token
-    budget, by what each bought on test and on the second held-out text; with the tokens KL's reference cost
-    (computed on each fresh sample) and what storing it for the whole fitness split instead would cost."""
-    held = {g["run"]: g for g in summary["generalization"]}
-    by_config: dict[str, dict] = {}
-    for g in summary["ga"]:
-        key = json.dumps({k: v for k, v in g["config"].items() if k != "fitness"}, sort_keys=True)
-        by_config.setdefault(key, {})[g["config"].get("fitness", "ppl")] = g
-    rows = []
-    for pair in by_config.values():
-        if {"ppl", "kl"} <= set(pair):
-            for kind in ("ppl", "kl"):
-                g = pair[kind]
-                row = {"run": g["run"], "fitness": kind, "forward_tokens": g["forward_tokens"],
-                       "evaluations": g["evaluations"], "wall_s": g["wall_s"], "test_ppl": g["test_ppl"],
-                       "test_over_uniform": g["test_ppl"] / g["uniform_at_target"]["test_ppl"],
-                       "python_docs_over_uniform": held[g["run"]]["ga_over_uniform"] if g["run"] in held else None}
-                if kind == "kl" and g["strategy"] == "race":
-                    stored = data[g["fitness_split"]]["n_tokens"]
-                    row["reference_tokens_per_sample"] = reference_tokens(g["config"], g["generations_run"])
-                    row["reference_tokens_stored"] = stored  # one dense pass over the split, kept as top-k
-                    row["stored_top32_mib"] = stored * STORED_TOP_K * 6 / 2 ** 20  # bf16 log-prob + int32 id
-                rows.append(row)
-    return rows
-
-
-def pivot(rows: list[dict]) -> list[dict]:
-    """Method rows as a table: one line per criterion and method, one column of test perplexity per target."""
-    table: dict[tuple, dict] = {}
-    for r in rows:
-        line = table.setdefault((r["criterion"], r["method"]), {"criterion": r["criterion"], "method": r["method"]})
-        line[f"{r['target']:.0%}"] = r["test_ppl"]
-    return sorted(table.values(), key=lambda line: line["criterion"])  # stable: methods keep their order
+    """Each race's progress on paired samples (``search.race_progress``), from its record."""
+    races = [row["run"] for row in ga_rows if row["strategy"] == "race"]
+    return {run: record.progress for run, record in search_records(paths, races).items()}
 
 
 def status(ppl: float, dense_ppl: float) -> str:
@@ -435,58 +256,6 @@ Tables: {', '.join(_files(paths, paths.tables, '*.md'))}. Machine-readable: [sum
 """
 
 
-# --- the README's results section ---------------------------------------------------------------------------
-
-README = ROOT / "README.md"
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-
-
-def readme_section(summary: dict) -> str:
-    """The README's results, generated from summary.json so every number there equals the one in the file."""
-    profile, windows = summary["profile"], summary["protocol"]["test_windows"]
-    return f"""{BEGIN}
-<!-- generated from reports/{profile}/summary.json by `make readme`; edit report.readme_section, not this -->
-Model `{summary['model']}`, profile `{profile}`; all perplexities on the WikiText-2 **test** split in
-{summary['protocol']['reported_dtype']}: *primary* = the first {windows['primary']} non-overlapping 1024-token
-windows, *study protocol* = {windows['study']} windows drawn as the study drew its 128. GA fitness was computed on
-the validation split unless the row says otherwise, so these test numbers are held out. Budgets and provenance:
-[reports/{profile}/REPORT.md](reports/{profile}/REPORT.md).
-
-{markdown_table(results_table(summary))}
-Search budgets and what they bought (fitness in the dtype shown, on validation samples unless said):
-
-{search_lines(summary)}
-
-{findings(summary)}
-
-{claims_section(summary, "###")}
-{seeds_section(summary, "###")}
-{fitness_section(summary, "###")}
-Generalization, on a second text no fitness saw (`python-docs`):
-
-{markdown_table(summary["generalization"])}
-{downstream_section(summary, "###")}
-![Figure 1](figures/{profile}/figure1.png)
-![Figure 2](figures/{profile}/figure2_layer_profile.png)
-
-Beyond the study: criteria (magnitude, Wanda) x allocations (uniform, OWL, sensitivity-ranked, one global
-threshold, the GA at a small budget: {budget_words(summary['methods'].get('budget'))}), test perplexity in
-{summary['methods']['dtype']} on the first
-{summary['methods']['test_windows']} test windows (dense {summary['methods']['dense_ppl']:.4g} there). Whole-block
-removal and the export round trip are in the report.
-
-{markdown_table(methods_table(summary))}
-{wanda_targets(summary)}.
-
-![Figure 3](figures/{profile}/figure3_methods.png)
-
-The study's **published** GPT-2 numbers, for reference only: its GA was scored on the same test windows it
-reports, so its GA row is not held out, and GPT-2 is not the model above.
-
-{markdown_table(study_table())}
-{END}"""
-
-
 def claims_section(summary: dict, level: str = "##") -> str:
     rows = summary.get("claims") or []
     if not rows:
@@ -577,8 +346,8 @@ Test perplexity, {m['dtype']}, the first {m['test_windows']} test windows, prima
 {markdown_table(methods_table(summary))}
 {wanda_targets(summary)}.
 
-Whole blocks physically removed (perplexity in {m.get('removal_dtype', m['dtype'])} on the first
-{m.get('removal_windows', m['test_windows'])} test windows, dense {m.get('removal_dense_ppl', m['dense_ppl']):.4g} there;
+Whole blocks physically removed (perplexity in {m['removal_dtype']} on the first
+{m['removal_windows']} test windows, dense {m['removal_dense_ppl']:.4g} there;
 latency in float32, median of greedy generation and of one forward):
 
 {markdown_table(removal_table(summary))}
@@ -590,9 +359,8 @@ after, on {m['exports'][0]['test_windows']} test windows):
 
 def step_words(cfg: dict) -> str:
     """A race's moves: the step and its rule, the race's defaults where ``cfg`` names none."""
-    defaults = search.Settings(strategy="race", target=0.5)
-    return (f"moves of {cfg.get('step', defaults.step):g} "
-            f"({cfg.get('step_rule', defaults.step_rule)} step)")
+    step, rule = (cfg.get(name, default_of(Settings, name, "race")) for name in ("step", "step_rule"))
+    return f"moves of {step:g} ({rule} step)"
 
 
 def limit_words(cfg: dict) -> str:
@@ -618,34 +386,6 @@ def budget_words(cfg: dict | None) -> str:
                 f"{cfg.get('seq_len', 1024)} tokens, {step_words(cfg)}, {limit_words(cfg)}{own}")
     parts = [f"{key} {cfg[key]}" for key in ("population", "generations", "fitness_windows") if key in cfg]
     return f"the `{strategy}` strategy, " + ", ".join(parts)
-
-
-def findings(summary: dict) -> str:
-    """The README's measured findings in a few sentences, every number read from the summary."""
-    dense, m = summary["dense"]["test_ppl"], summary["methods"]
-    uniform = {round(u["sparsity"], 6): u["test_ppl"] for u in summary["uniform"]}
-    lines = []
-    runs = main_group(summary)
-    if runs:
-        ppl = [r["test_ppl"] for r in runs]
-        lines.append(f"The main search (`{'`, `'.join(r['run'] for r in runs)}`, {runs[0]['target']:.0%} "
-                     f"{runs[0]['criterion']}) reaches a test perplexity of {np.mean(ppl):.4g} on average over its "
-                     f"{len(runs)} seeds (range {min(ppl):.4g}–{max(ppl):.4g}): {np.mean(ppl) / dense:.2f}x dense and "
-                     f"{np.mean(ppl) / runs[0]['uniform_at_target']['test_ppl']:.2f}x uniform at the same sparsity.")
-    cell = {(r["criterion"], r["method"], r["target"]): r["test_ppl"] for r in m["rows"]}
-    if ("wanda", "uniform", 0.45) in cell and ("magnitude", "uniform", 0.45) in cell:
-        lines.append(f"At 45%, uniform Wanda is {cell['wanda', 'uniform', 0.45] / m['dense_ppl']:.2f}x dense where "
-                     f"uniform magnitude is {cell['magnitude', 'uniform', 0.45] / m['dense_ppl']:.2f}x "
-                     f"({m['test_windows']} test windows, {m['dtype']}).")
-    single = min(m["single_removal"], key=lambda r: r["test_ppl"])
-    ga = m["removal_ga"]
-    lines.append(f"Removing the best single block ({single['removed'][0]}) gives {single['test_ppl']:.4g} against "
-                 f"{m.get('removal_dense_ppl', m['dense_ppl']):.4g} dense "
-                 f"({m.get('removal_windows', m['test_windows'])} test windows, {m.get('removal_dtype', m['dtype'])}); "
-                 f"the removal GA's best set of {ga['settings']['k']} blocks "
-                 f"({ga['evaluations']} evaluations) gives {ga['test']['test_ppl']:.4g}.")
-    lines.append(run_words(summary["provenance"]))
-    return "\n".join(lines)
 
 
 def run_words(prov: dict) -> str:
@@ -682,89 +422,9 @@ def wall_times(prov: dict) -> str:
     return ("; ".join(parts) + f"; {total:.0f} s ({total / 60:.1f} min) in all") if parts else "not recorded"
 
 
-def search_lines(summary: dict) -> str:
-    """One line per GA run: its budget, its cost, and its test perplexity against dense and uniform."""
-    dense = summary["dense"]["test_ppl"]
-    lines = []
-    for g in summary["ga"]:
-        cfg = summary["provenance"]["budgets"][g["run"]]
-        versus = ("" if g["strategy"] == "published" else
-                  f", {g['test_ppl'] / g['uniform_at_target']['test_ppl']:.2f}x uniform at the same sparsity")
-        fitness = "" if g["strategy"] == "published" else f", fitness {g.get('fitness_kind', 'ppl')}"
-        lines.append(f"- `{g['run']}`: {budget_words(cfg)}{fitness}, seed {cfg['seed']} ({cfg['dtype']}); "
-                     f"{g.get('generations_run', '?')} generations, {g['evaluations']} evaluations, "
-                     f"{g['forward_tokens']:,} forward tokens, {g['wall_s']:.0f} s; block sparsity "
-                     f"{g['block_sparsity']:.2%}; test perplexity {g['test_ppl'] / dense:.2f}x dense{versus}.")
-    return "\n".join(lines)
-
-
-BENCH = ROOT / "reports" / "bench.json"
-BENCH_BEGIN, BENCH_END = "<!-- bench:begin -->", "<!-- bench:end -->"
-BENCH_ROWS = (  # (label, figure, format, target)
-    ("fitness evaluation FLOPs (2 x params x tokens + causal attention) / the chosen dtype's matmul peak (median of"
-     " 3 rounds, each probe just before its evaluation)", "fitness_peak_fraction", "{:.2f}", "≥ 0.7"),
-    ("`auto`'s fitness evaluation / the faster explicit dtype's", "auto_over_best", "{:.3f}", "≤ 1.05"),
-    ("race search with prefix reuse / the same search without (same result)", "prefix_reuse_ratio", "{:.3f}",
-     "≤ 0.8"),
-    ("offline run wall time / (its tokens / plain forward throughput)", "offline_overhead_ratio", "{:.3f}",
-     "≤ 1.15"),
-    ("peak resident memory of a search (GiB)", "peak_rss_gib", "{:.2f}", "≤ 3"),
-    ("apply a new rate vector / one fitness evaluation", "apply_over_eval", "{:.3f}", "≤ 0.05"),
-    ("bf16 perplexity vs fp32, largest of dense and 45%", "bf16_ppl_rel_error", "{:.2%}", "≤ 0.5%"),
-    ("tokens the main search needed to reach `published`'s final result / tokens `published` used", "search_token_ratio",
-     "{:.3f}", "≤ 0.05"),
-    ("apply + evaluate / plain Hugging Face forward of the same model, chosen dtype", "overhead_ratio", "{:.3f}", ""),
-)
-
-
-def bench_section(bench: dict) -> str:
-    """The README's performance table, generated from reports/bench.json (written by ``make bench``)."""
-    figures = bench["figures"]
-    how = ("the `race` search's parent against `published`'s final genome on the same fresh samples"
-           if "race_tokens_to_reach_published" in figures else
-           "the `elitist` search's evaluations against `published`'s final genome on its fitness windows")
-    rows = [{"figure": label, "measured": fmt.format(figures[key]) if figures.get(key) is not None else "not measured",
-             "target": target} for label, key, fmt, target in BENCH_ROWS]
-    hardware = bench["provenance"]["hardware"]
-    latency = ", ".join(f"{r['removed']} blocks removed {r['ratio']:.2f}" for r in figures["latency"]["rows"][1:])
-    w = figures["workers"]
-    scored = (f"One race generation ({w['children']} children raced on fresh samples of "
-              f"{', '.join(map(str, w['stage_windows']))} windows of {w['seq_len']} tokens, then the parent)"
-              if "stage_windows" in w else f"One generation's {w['children']} children")
-    prefix = (f"Prefix reuse: the short race search ({figures['prefix_search']['offspring']} children, "
-              f"{figures['prefix_search']['generations']} generations), best of two runs each way; the reusing runs "
-              f"skipped {figures['prefix_blocks_skipped']:.1%} of their block forwards.\n"
-              if "prefix_blocks_skipped" in figures else "")
-    return f"""{BENCH_BEGIN}
-<!-- generated from reports/bench.json by `make readme`; edit report.bench_section, not this -->
-`make bench` at commit `{bench['provenance']['git_commit'][:12]}` on {hardware['cpu']} ({hardware['cores']} cores,
-{figures['threads']} threads, CPU capability {figures['cpu_capability']}); `auto` chose {figures['chosen_dtype']}
-(median matmul peaks {figures['matmul_peak_gflops_bfloat16']:.0f} GFLOP/s bf16, {figures['matmul_peak_gflops_float32']:.0f}
-GFLOP/s fp32):
-
-{markdown_table(rows)}
-{prefix}Search cost ("the main search needed"): {how}.
-Forward time of SmolLM2 with blocks removed, over the whole model (medians of interleaved rounds): {latency}.
-{scored} in {w['dtype']} on 2 processes x 1 thread against 1 process x 2 threads:
-{w['serial_1x2_s'] / w['process_2x1_s']:.2f}x as fast, {'the same' if w['process_identical'] else '**different**'}
-values (the search uses one process unless `--workers` says otherwise).
-{BENCH_END}"""
-
-
-def _replace_section(text: str, begin: str, end: str, section: str) -> str:
-    if begin not in text or end not in text:
-        raise EvopruneError(f"README.md has no {begin} ... {end} section to fill.")
-    before, rest = text.split(begin, 1)
-    return before + section + rest.split(end, 1)[1]
 
 
 def update_readme(profile: str, root: Path | None = None) -> Path:
-    """Replace the README's results section with the one generated from ``reports/<profile>/summary.json``, and
-    its performance table with the one generated from ``reports/bench.json`` when that exists."""
-    from evoprune.results import report_paths
-    text = _replace_section(README.read_text(), BEGIN, END,
-                            readme_section(read_record(report_paths(profile, root).summary)))
-    if BENCH.exists():
-        text = _replace_section(text, BENCH_BEGIN, BENCH_END, bench_section(read_json(BENCH)))
-    README.write_text(text)
-    return README
+    """``make readme``: the README's generated sections (``readme.update_readme``)."""
+    from evoprune.readme import update_readme as update  # readme renders with this module's sections
+    return update(profile, root)

@@ -1,58 +1,36 @@
 """The optimizer: evolutionary search for per-gene pruning rates on any objective. No torch, no model, no data.
 
-An objective is ``f(genome, n_windows) -> float`` (lower is better); one with a ``map(genomes, n_windows)`` method
-scores a batch at once (``workers.open_pool`` spreads a batch over processes or Ray actors). Three strategies share
-one generation loop (``Search``):
-
-* ``published`` replays the published GA: random genes in U(0.40, 0.60); each generation keeps the best half
-  (at least 2) and refills with copies of random elites with one gene moved by U(-0.1, 0.1), clipped to
-  [0, 0.9]; 9999 when the mean rate falls below ``target - tolerance``; every individual, elites included, is
-  re-scored each generation.
-* ``elitist`` searches only genomes at exactly the target parameter-weighted sparsity (rate-moving mutations,
-  projection after crossover), caches fitness, screens children on fewer windows, and keeps the best of parents
-  and children ((mu + lambda) elitism).
-* ``race`` (EvoPress-style (1 + lambda)) starts from the best of uniform and the rule allocations, races each
-  generation's children through stages of fresh samples, and adapts the rate its moves shift to how often a
-  generation's best child beats the parent (``Race``).
+An objective is ``f(genome, sample) -> float`` (lower is better), a sample being the first n windows or a fresh
+sample (``strategies.fresh_sample``); one with a ``map(genomes, sample)`` method scores a batch at once
+(``workers.open_pool`` spreads a batch over processes or Ray actors), and its ``tokens_per_window`` is what the
+budget counts per window scored. Three strategies (``strategies``: published, elitist, race) share one generation
+loop (``Search``). What the objective measures (model, data, criterion, ...) is not the optimizer's business:
+``objective.FitnessSpec`` declares it, and a caller passes it as ``context``, part of the search's identity.
 
 Generation 0 is the initial population and counts towards ``generations``. After every generation the state goes
-to ``<out>/checkpoint.json`` and ``<out>/history.csv``; rerunning the same search resumes from there.
+to ``<out>/checkpoint.json`` and ``<out>/history.csv``; rerunning the same search resumes from there. The result
+(``Search.outcome()``) hands out what callers need of the state: the best genome, the budget spent, the rules'
+start scores and the race's progress; nothing outside this module reads the checkpoint.
 """
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from evoprune import EvopruneError
-from evoprune.results import read_json, write_csv, write_json
+from evoprune.options import OWN, STRATEGIES, applying, flag, option, strategy_defaults
+from evoprune.records import read_json, write_csv, write_json
+from evoprune.strategies import (PENALTY, PUBLISHED_G_MAX, STRATEGY_CLASSES, Race, fresh_sample, genome_key,
+                                 sample_windows)
 
-STRATEGIES = ("published", "elitist", "race")
-FITNESS_KINDS = ("ppl", "kl")
 CROSSOVERS = ("uniform", "blend", "none")
 STEP_RULES = ("adaptive", "fixed")
-GENES = {"block": 1, "group": 2}
-DTYPES = ("auto", "float32", "bfloat16")
-
-PENALTY = 9999.0
-PUBLISHED_G_MAX = 0.9
-PUBLISHED_INIT = (0.40, 0.60)
-PUBLISHED_MUTATION = 0.1
-STUDY_STRIDE = 512
-INIT_MOVES_PER_GENE = 4  # random rate moves that spread an initial individual away from uniform
-UNIQUE_TRIES = 20        # attempts at a child that is not already in the population
-MOVE_TRIES = 50          # attempts at a gene pair that can give and take one step
-EPS = 1e-12
-STEP_GROWTH = 1.5  # race: the step grows by this after a generation whose child beat the parent and shrinks by its
-                   # fourth root after one whose did not (the 1/5 success rule: a step holds where one generation in
-                   # five succeeds), within STEP_RANGE times the configured step
-STEP_RANGE = (0.25, 4.0)
-KEY_DECIMALS = 9
 
 CHECKPOINT, RESULT, HISTORY = "checkpoint.json", "result.json", "history.csv"
 HISTORY_COLUMNS = ("generation", "best", "mean", "evaluations", "forward_tokens", "wall_s")
@@ -62,44 +40,22 @@ Objective = Callable[[list, int], float]
 
 # --- settings: declared once ---------------------------------------------------------------------------------
 
-def option(help: str, strategies: tuple[str, ...] = STRATEGIES, default=None, **defaults):
-    """A settings field: its help text, the strategies it applies to and per-strategy defaults."""
-    return field(default=default, metadata={"help": help, "strategies": strategies, "defaults": defaults})
-
-
-OWN = ("elitist", "race")  # this project's strategies: exact target, held-out fitness
-
-
 @dataclass
 class Settings:
-    """Everything that defines a search. The command line's flags, the profiles' run entries and the identity a
-    checkpoint is resumed under all come from these fields. None means the strategy's default."""
-    model: str = option("smollm2-135m, tiny-gpt2, a hub id (gpt2) or a local directory", default="gpt2")
+    """What defines the optimizer's run. The command line's flags, the profiles' run entries and the identity a
+    checkpoint is resumed under come from these fields (and the fitness spec's). None means the strategy's
+    default."""
     target: float = option("parameter-weighted block sparsity, e.g. 0.45", default=None)
-    data: str | None = option("'wikitext2' (hub) or a local directory like ../shared/data")
     strategy: str = option("published (the study's GA), elitist (exact target, cached, multi-fidelity) or race "
                            "((1 + lambda) from the best rule, children raced on fresh samples)", default="elitist")
-    criterion: str = option("magnitude or wanda", default="magnitude")
     seed: int = option("random seed of the search", default=0)
     population: int | None = option("individuals", ("published", "elitist"), published=20, elitist=16)
     generations: int | None = option("generations, the initial one included", published=50, elitist=50,
                                      race=1000)
     budget_tokens: int | None = option("stop after the generation that reaches this many forward tokens; a "
                                        "finished search given a larger budget continues", OWN)
-    fitness: str = option("ppl, or kl (KL divergence from the dense model; not published)", default="ppl")
-    fitness_split: str | None = option("validation, or test (published only, as the study did)",
-                                       published="test", elitist="validation", race="validation")
-    fitness_windows: int | None = option("fitness windows", ("published", "elitist"), published=128,
-                                         elitist=16)
-    test_windows: int | None = option("windows of the reported test numbers (default: all)")
-    study_windows: int | None = option("windows of the reported study-protocol numbers (default: --test-windows; 0: "
-                                          "none)")
-    dtype: str = option("dtype of fitness: auto (bfloat16 where measured fast), float32 or bfloat16",
-                        default="auto")
-    test_dtype: str = option("dtype of the reported test numbers", default="float32")
-    genes: str = option("block (one rate per block) or group (attention and MLP rates per block)", default="block")
-    seq_len: int = option("tokens per fitness window (reported test numbers always use 1024)", default=1024)
-    batch_size: int = option("windows per forward", default=4)
+    fitness_windows: int | None = option("fitness windows (the full-fidelity sample)", ("published", "elitist"),
+                                         published=128, elitist=16)
     tolerance: float | None = option("penalty below target - tolerance", ("published",), published=0.05)
     offspring: int | None = option("children per generation (elitist default: population)", OWN, race=16)
     crossover: str | None = option("uniform, blend or none", ("elitist",), elitist="uniform")
@@ -121,13 +77,7 @@ class Settings:
         if self.strategy not in STRATEGIES:
             raise EvopruneError(f"unknown --strategy {self.strategy!r}: use published (the study's GA), elitist "
                                 f"or race.")
-        for f in fields(self):
-            value, meta = getattr(self, f.name), f.metadata
-            if self.strategy not in meta["strategies"] and value is not None:
-                raise EvopruneError(f"{flag(f.name)} applies to --strategy {' or '.join(meta['strategies'])} only: "
-                                    f"drop it or use --strategy {meta['strategies'][0]}.")
-            if value is None and self.strategy in meta["defaults"]:
-                setattr(self, f.name, meta["defaults"][self.strategy])
+        strategy_defaults(self, self.strategy)
         if self.strategy == "elitist" and self.offspring is None:
             self.offspring = self.population
         self.check()
@@ -140,9 +90,15 @@ class Settings:
             raise EvopruneError(f"unknown search setting {unknown[0]!r}: use one of {', '.join(sorted(known))}.")
         return cls(**values)
 
+    @classmethod
+    def from_config(cls, config: dict) -> "Settings":
+        """The settings of a search's identity (which holds the fitness spec's fields too)."""
+        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
+
     def as_config(self) -> dict:
-        """The settings that apply to this strategy: the identity a checkpoint or result is resumed under."""
-        return {k: v for k, v in asdict(self).items() if self.strategy in field_strategies(k)}
+        """The settings that apply to this strategy: the optimizer's part of the identity a checkpoint or result
+        is resumed under."""
+        return applying(self, self.strategy)
 
     @property
     def stage_windows(self) -> list[int]:
@@ -168,40 +124,19 @@ class Settings:
             raise EvopruneError("--population must be at least 2.")
         if self.generations < 1:
             raise EvopruneError("--generations must be at least 1 (generation 0 is the initial population).")
-        choices = {"fitness": FITNESS_KINDS, "genes": tuple(GENES), "fitness_split": ("validation", "test"),
-                   "dtype": DTYPES, "test_dtype": DTYPES[1:], "crossover": CROSSOVERS, "step_rule": STEP_RULES}
-        for name, allowed in choices.items():
+        for name, allowed in {"crossover": CROSSOVERS, "step_rule": STEP_RULES}.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise EvopruneError(f"unknown {flag(name)} {value!r}: use one of {', '.join(allowed)}.")
-        for name in ("fitness_windows", "test_windows", "batch_size", "offspring", "max_moves", "low_windows",
-                     "promote", "tournament", "stages", "budget_tokens"):
+        for name in ("fitness_windows", "offspring", "max_moves", "low_windows", "promote", "tournament", "stages",
+                     "budget_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EvopruneError(f"{flag(name)} must be at least 1.")
-        if self.study_windows is not None and self.study_windows < 0:
-            raise EvopruneError("--study-windows must be at least 0 (0: no study-protocol numbers).")
-        if self.seq_len < 2:
-            raise EvopruneError("--seq-len must be at least 2.")
         if self.strategy == "published":
-            if self.fitness != "ppl":
-                raise EvopruneError("--strategy published uses the published fitness (study-protocol perplexity): "
-                                    "drop --fitness or use --strategy elitist.")
-            if self.genes != "block":
-                raise EvopruneError("--strategy published is the published GA, one gene per block: drop --genes or "
-                                    "use --strategy elitist.")
             if self.tolerance < 0:
                 raise EvopruneError("--tolerance must be zero or more.")
-        else:
-            if self.fitness_split == "test":
-                raise EvopruneError(f"--strategy {self.strategy} keeps the test split held out: use --fitness-split "
-                                    f"validation (or --strategy published to reproduce the published fitness on "
-                                    f"test).")
-            if not 0.0 < self.step <= g_max:
-                raise EvopruneError(f"--step {self.step} must be in (0, --g-max].")
-
-
-def field_strategies(name: str) -> tuple[str, ...]:
-    return Settings.__dataclass_fields__[name].metadata["strategies"]
+        elif not 0.0 < self.step <= g_max:
+            raise EvopruneError(f"--step {self.step} must be in (0, --g-max].")
 
 
 # What may change between runs of one search: a larger budget continues a finished search from its checkpoint.
@@ -220,260 +155,11 @@ def budget_at_least(config: dict, saved: dict) -> bool:
     return config["generations"] >= saved["generations"] and more_tokens
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-# --- genomes and operators -----------------------------------------------------------------------------------
-
-def genome_key(genome) -> tuple[float, ...]:
-    """Cache key: rounding merges genomes that differ only by floating-point noise (0.45 vs 0.4500000000001)."""
-    return tuple(round(float(g), KEY_DECIMALS) for g in genome)
-
-
-def weighted_mean(genome, sizes) -> float:
-    """The parameter-weighted mean rate: the block sparsity a genome gives."""
-    w = np.asarray(sizes, dtype=float)
-    return float(np.dot(np.asarray(genome, dtype=float), w) / w.sum())
-
-
-def project(genome, sizes, target: float, g_max: float) -> np.ndarray:
-    """Map a genome onto {sum w g = target * sum w, 0 <= g <= g_max} as clip(g + lam, 0, g_max), lam by bisection.
-    A genome already on the constraint is returned unchanged, so lattice points stay on the lattice."""
-    x = np.asarray(genome, dtype=float)
-    w = np.asarray(sizes, dtype=float)
-    if abs(weighted_mean(x, w) - target) < EPS and x.min() >= 0.0 and x.max() <= g_max:
-        return x.copy()
-    goal = target * w.sum()
-    lo, hi = -x.max(), g_max - x.min()  # all genes at 0, all at g_max
-    for _ in range(100):  # interval width is at most 2: 100 halvings reach the resolution of a double
-        mid = 0.5 * (lo + hi)
-        if np.dot(w, np.clip(x + mid, 0.0, g_max)) < goal:
-            lo = mid
-        else:
-            hi = mid
-    return np.clip(x + hi, 0.0, g_max)
-
-
-def move_rates(genome, sizes, rng: np.random.Generator, step: float, n_moves: int, g_max: float) -> np.ndarray:
-    """EvoPress-style mutation: ``n_moves`` transfers of pruned weights from one gene to another. The smaller gene
-    of a pair moves by exactly ``step`` and the larger by step * (smaller / larger), keeping sum w g fixed."""
-    g = np.array(genome, dtype=float)
-    w = np.asarray(sizes, dtype=float)
-    if len(g) < 2:
-        return g
-    for _ in range(n_moves):
-        for _ in range(MOVE_TRIES):
-            giver, taker = rng.choice(len(g), size=2, replace=False)
-            shared = step * min(w[giver], w[taker])
-            down, up = shared / w[giver], shared / w[taker]
-            if g[giver] - down >= -EPS and g[taker] + up <= g_max + EPS:
-                g[giver] = max(g[giver] - down, 0.0)
-                g[taker] = min(g[taker] + up, g_max)
-                break
-    return g
-
-
-def tournament(fitness: Sequence[float], rng: np.random.Generator, size: int) -> int:
-    picks = rng.integers(len(fitness), size=size)
-    return int(min(picks, key=lambda i: (fitness[i], i)))
-
-
-def cross(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
-    if kind == "uniform":
-        return np.where(rng.random(len(a)) < 0.5, a, b)
-    alpha = rng.random(len(a))  # blend: a random point between the parents, gene by gene
-    return alpha * a + (1.0 - alpha) * b
-
-
-# --- the two strategies --------------------------------------------------------------------------------------
-
-class Published:
-    """The published GA's generation step: the best half (at least 2) kept unchanged, then copies of random elites
-    with one random gene moved by U(-0.1, 0.1) and clipped to [0, 0.9]. No crossover, no cache."""
-    cache = False
-
-    def __init__(self, settings: Settings, sizes: Sequence[int]):
-        self.settings, self.sizes = settings, sizes
-
-    def initial(self, search: "Search") -> tuple[list, list]:
-        population = search.rng.uniform(*PUBLISHED_INIT, size=(self.settings.population, len(self.sizes))).tolist()
-        return population, search.score_all(population)
-
-    def next_generation(self, search: "Search") -> tuple[list, list]:
-        population = published_offspring(search.population, search.fitness, search.rng)
-        return population, search.score_all(population)
-
-    def penalized(self, genome) -> bool:
-        s = self.settings
-        return weighted_mean(genome, self.sizes) < s.target - s.tolerance
-
-
-def published_offspring(population, fitness, rng: np.random.Generator) -> list[list[float]]:
-    n_elite = max(2, len(population) // 2)
-    elites = [list(population[i]) for i in np.argsort(fitness, kind="stable")[:n_elite]]
-    children = []
-    for _ in range(len(population) - n_elite):
-        child = list(elites[rng.integers(n_elite)])
-        gene = rng.integers(len(child))
-        child[gene] = float(np.clip(child[gene] + rng.uniform(-PUBLISHED_MUTATION, PUBLISHED_MUTATION), 0.0,
-                                    PUBLISHED_G_MAX))
-        children.append(child)
-    return elites + children
-
-
-class Elitist:
-    """Exact-target (mu + lambda) search: tournament parents, crossover then projection, rate-moving mutation;
-    children screened on ``low_windows``, the best ``promote`` re-scored on all windows compete with the parents,
-    and the best ``population`` of both survive."""
-    cache = True
-
-    def __init__(self, settings: Settings, sizes: Sequence[int]):
-        self.settings, self.sizes = settings, sizes
-
-    def initial(self, search: "Search") -> tuple[list, list]:
-        population = self.initial_population(search.rng)
-        return population, search.score_all(population)
-
-    def initial_population(self, rng: np.random.Generator) -> list[list[float]]:
-        """The uniform vector plus random walks away from it, all at exactly the target."""
-        s = self.settings
-        uniform = np.full(len(self.sizes), s.target)
-        population, seen = [uniform.tolist()], {genome_key(uniform)}
-        for _ in range(s.population * UNIQUE_TRIES):
-            if len(population) == s.population:
-                break
-            walk = move_rates(uniform, self.sizes, rng, s.step, INIT_MOVES_PER_GENE * len(self.sizes), s.g_max)
-            genome = project(walk, self.sizes, s.target, s.g_max)
-            if genome_key(genome) not in seen:
-                seen.add(genome_key(genome))
-                population.append(genome.tolist())
-        return population
-
-    def child(self, population, fitness, rng: np.random.Generator) -> np.ndarray:
-        s = self.settings
-        child = np.asarray(population[tournament(fitness, rng, s.tournament)], dtype=float)
-        if s.crossover != "none":
-            other = np.asarray(population[tournament(fitness, rng, s.tournament)], dtype=float)
-            child = project(cross(child, other, rng, s.crossover), self.sizes, s.target, s.g_max)
-        moves = int(rng.integers(1, s.max_moves + 1))
-        return project(move_rates(child, self.sizes, rng, s.step, moves, s.g_max), self.sizes, s.target, s.g_max)
-
-    def offspring(self, population, fitness, rng: np.random.Generator) -> list[list[float]]:
-        """Up to ``offspring`` children, none equal to a parent or to each other."""
-        seen = {genome_key(p) for p in population}
-        children = []
-        for _ in range(self.settings.offspring):
-            for _ in range(UNIQUE_TRIES):
-                child = self.child(population, fitness, rng)
-                if genome_key(child) not in seen:
-                    seen.add(genome_key(child))
-                    children.append(child.tolist())
-                    break
-        return children
-
-    def next_generation(self, search: "Search") -> tuple[list, list]:
-        s = self.settings
-        children = self.offspring(search.population, search.fitness, search.rng)
-        if s.low_windows < s.fitness_windows:
-            low = search.evaluator.many(children, s.low_windows)
-            children = [children[i] for i in np.argsort(low, kind="stable")[: s.promote]]
-        pool = list(zip(search.fitness, search.population)) + list(zip(search.score_all(children), children))
-        survivors = sorted(range(len(pool)), key=lambda i: (pool[i][0], i))[: s.population]
-        return [pool[i][1] for i in survivors], [pool[i][0] for i in survivors]
-
-    def penalized(self, genome) -> bool:
-        return False
-
-
-def fresh_sample(seed: int, generation: int, stage: int, n_windows: int) -> tuple:
-    """A fitness sample the objective draws anew for each (seed, generation, stage): ``(draw, n_windows)``. The
-    model objective turns ``draw`` into windows at random places of the whole fitness split."""
-    return ((seed, generation, stage), n_windows)
-
-
-def sample_windows(sample) -> int:
-    """Windows of a sample: a number (the first n windows) or a fresh sample ``(draw, n)``."""
-    return sample if isinstance(sample, int) else sample[1]
-
-
-class Race:
-    """EvoPress-style (1 + lambda): generation 0 scores the initial genomes (uniform and the rule allocations the
-    caller gives) and keeps the best as the parent. Each later generation makes ``offspring`` distinct children
-    of 1..``max_moves`` rate moves from the parent and races them through ``stages`` fresh samples of
-    ``low_windows`` x 2^stage windows, keeping ``promote`` (halved after each later stage, at least 1); the last
-    stage's best meets the parent re-scored on that same sample (a paired comparison) and replaces it if better.
-    No sample is seen twice, so no fixed windows can be overfit. The rate a move shifts adapts to how often
-    generations succeed (``adapt_step``)."""
-    cache = True
-
-    def __init__(self, settings: Settings, sizes: Sequence[int], rules: dict[str, list] | None = None):
-        self.settings, self.sizes = settings, sizes
-        self.rules = {"uniform": [settings.target] * len(sizes), **(rules or {})}
-        self.start: dict[str, float] = {}  # each rule's fitness on generation 0's sample
-        self.step = settings.step  # of the next generation's moves
-
-    def initial(self, search: "Search") -> tuple[list, list]:
-        """Every rule allocation, projected onto the exact target, scored on one sample of the last stage's size;
-        the best becomes the parent."""
-        s = self.settings
-        names = list(self.rules)
-        candidates = [project(self.rules[name], self.sizes, s.target, s.g_max).tolist() for name in names]
-        scores = search.evaluator.many(candidates, fresh_sample(s.seed, 0, s.stages - 1, s.stage_windows[-1]))
-        self.start = dict(zip(names, scores))
-        best = int(np.argmin(scores))
-        search.note_best(scores[best], search.evaluator.stamps.get(best))
-        return [candidates[best]], [scores[best]]
-
-    def offspring(self, parent, rng: np.random.Generator, draw_moves=None) -> list[list[float]]:
-        """Distinct children of 1..``max_moves`` moves (uniform; ``draw_moves(rng)``: another count, for benches)."""
-        s = self.settings
-        seen, children = {genome_key(parent)}, []
-        for _ in range(s.offspring * UNIQUE_TRIES):
-            if len(children) == s.offspring:
-                break
-            moves = int(draw_moves(rng) if draw_moves else rng.integers(1, s.max_moves + 1))
-            child = project(move_rates(parent, self.sizes, rng, self.step, moves, s.g_max), self.sizes, s.target,
-                            s.g_max)
-            if genome_key(child) not in seen:
-                seen.add(genome_key(child))
-                children.append(child.tolist())
-        return children
-
-    def next_generation(self, search: "Search") -> tuple[list, list]:
-        s = self.settings
-        parent = search.population[0]
-        alive = self.offspring(parent, search.rng)
-        for stage, windows in enumerate(s.stage_windows):
-            sample = fresh_sample(s.seed, search.generation, stage, windows)
-            scores = search.evaluator.many(alive, sample)
-            keep = 1 if stage == s.stages - 1 else max(1, s.promote // 2 ** stage)
-            order = np.argsort(scores, kind="stable")[:keep]
-            alive, scores = [alive[i] for i in order], [scores[i] for i in order]
-        parent_score = search.evaluator.many([parent], sample)[0]
-        self.adapt_step(scores[0] < parent_score)
-        if scores[0] < parent_score:
-            search.note_best(scores[0], None, force=True)
-            return alive[:1], scores[:1]
-        return [parent], [parent_score]
-
-    def adapt_step(self, success: bool) -> None:
-        """Rechenberg's 1/5 success rule: larger moves while children keep beating the parent, smaller ones when
-        they stop (near an optimum, or where the samples' noise hides small gains). ``--step-rule fixed``: none."""
-        if self.settings.step_rule == "fixed":
-            return
-        low, high = self.settings.step * STEP_RANGE[0], min(self.settings.step * STEP_RANGE[1], self.settings.g_max)
-        self.step = float(np.clip(self.step * STEP_GROWTH ** (1.0 if success else -0.25), low, high))
-
-    def penalized(self, genome) -> bool:
-        return False
-
-
 def race_parents(state: dict) -> list[dict]:
     """Per generation of a race, from its checkpoint: the last stage's fresh ``sample``, the parent scored on it
     ``before`` and ``after`` the generation (a paired comparison: equal when the parent stayed), and the forward
     tokens spent by then. The checkpoint's cache holds every (genome, sample) scored."""
-    s = Settings.from_dict(state["config"])
+    s = Settings.from_config(state["config"])
     scored: dict[tuple, dict] = {}
     for genome, sample, value in state["cache"]:
         scored.setdefault(as_sample(sample), {})[tuple(genome)] = value
@@ -499,17 +185,14 @@ def race_progress(state: dict) -> list[dict]:
     return rows
 
 
-STRATEGY_CLASSES = {"published": Published, "elitist": Elitist, "race": Race}
-
-
 # --- scoring and the generation loop -------------------------------------------------------------------------
 
 class Evaluator:
     """Calls the objective and counts its cost; with ``cache`` no (genome, windows) pair is evaluated twice."""
 
-    def __init__(self, objective: Objective, seq_len: int, cache: bool):
+    def __init__(self, objective: Objective, cache: bool, tokens_per_window: int | None = None):
         self.objective = objective
-        self.seq_len = seq_len
+        self.tokens_per_window = tokens_per_window or getattr(objective, "tokens_per_window", 1)
         self.use_cache = cache
         self.cache: dict[tuple, float] = {}
         self.evaluations = 0
@@ -540,7 +223,7 @@ class Evaluator:
             value = float(value)
             values[i] = math.inf if math.isnan(value) else value  # a broken model ranks last, sorts still work
             self.evaluations += 1
-            self.forward_tokens += sample_windows(n_windows) * self.seq_len
+            self.forward_tokens += sample_windows(n_windows) * self.tokens_per_window
             self.stamps[i] = (self.evaluations, self.forward_tokens)
             if self.use_cache:
                 self.cache[keys[i]] = values[i]
@@ -551,15 +234,18 @@ class Search:
     """One search's state; ``run`` advances it generation by generation, checkpointing into ``out``."""
 
     def __init__(self, objective: Objective, sizes: Sequence[int], settings: Settings, out: Path | None = None,
-                 progress: bool = False, rules: dict[str, list] | None = None):
+                 progress: bool = False, rules: dict[str, list] | None = None, context: dict | None = None,
+                 tokens_per_window: int | None = None):
+        """``context``: what else defines the search (the fitness spec's fields), part of its identity;
+        ``tokens_per_window``: what a scored window costs, when the objective does not say (a worker pool)."""
         self.settings = settings
-        self.config = settings.as_config()
+        self.config = {**settings.as_config(), **(context or {})}
         self.sizes = [int(s) for s in sizes]
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self.strategy = (Race(settings, self.sizes, rules) if settings.strategy == "race"
                          else STRATEGY_CLASSES[settings.strategy](settings, self.sizes))
-        self.evaluator = Evaluator(objective, settings.seq_len, cache=self.strategy.cache)
+        self.evaluator = Evaluator(objective, self.strategy.cache, tokens_per_window)
         self.rng = np.random.default_rng(settings.seed)
         self.generation = 0
         self.population: list[list[float]] = []
@@ -647,16 +333,20 @@ class Search:
 
     # --- checkpoints ---
 
-    def save(self) -> None:
-        if self.out is None:
-            return
-        write_json(self.out / CHECKPOINT, {
+    def state(self) -> dict:
+        """Everything a resumed run needs, as the checkpoint holds it."""
+        return {
             "config": self.config, "generation": self.generation, "population": self.population,
             "fitness": self.fitness, "rng": self.rng.bit_generator.state,
             "evaluations": self.evaluator.evaluations, "forward_tokens": self.evaluator.forward_tokens,
             "wall_s": self.wall_s, "best": self.best, "best_at": self.best_at, "history": self.history,
             "start": getattr(self.strategy, "start", None), "step": getattr(self.strategy, "step", None),
-            "cache": [[list(genome), n, value] for (genome, n), value in self.evaluator.cache.items()]})
+            "cache": [[list(genome), n, value] for (genome, n), value in self.evaluator.cache.items()]}
+
+    def save(self) -> None:
+        if self.out is None:
+            return
+        write_json(self.out / CHECKPOINT, self.state())
         write_csv(self.out / HISTORY, self.history, list(HISTORY_COLUMNS))
 
     def load(self) -> None:
@@ -675,16 +365,48 @@ class Search:
                 setattr(self.strategy, name, state[name])
 
 
+    def outcome(self) -> "Outcome":
+        """What callers need of a finished (or stopped) search."""
+        start = dict(getattr(self.strategy, "start", None) or {})
+        uniform = self.evaluator.cache.get((genome_key([self.settings.target] * len(self.sizes)),
+                                            self.settings.fitness_windows))
+        if not start and uniform is not None:
+            start = {"uniform": uniform}
+        progress = race_progress(self.state()) if self.settings.strategy == "race" else []
+        return Outcome(genome=self.best_genome, fitness=self.best_fitness, evaluations=self.evaluator.evaluations,
+                       forward_tokens=self.evaluator.forward_tokens, wall_s=self.history[-1]["wall_s"],
+                       best_found_at=self.best_at, start=start, history=list(self.history), progress=progress)
+
+
+@dataclass
+class Outcome:
+    """A search's result: its best genome and fitness, the budget spent (and when the best was found), each
+    starting rule's fitness where the strategy scored it (``uniform`` always, when scored at full fidelity or on
+    a race's first sample), the generations' history rows and, for a race, its progress on paired samples
+    (``race_progress``)."""
+    genome: list[float]
+    fitness: float
+    evaluations: int
+    forward_tokens: int
+    wall_s: float
+    best_found_at: dict | None
+    start: dict[str, float]
+    history: list[dict]
+    progress: list[dict]
+
+
 def as_sample(saved):
     """A sample read back from JSON: a number, or a fresh sample whose lists become tuples again."""
     return saved if isinstance(saved, int) else (tuple(saved[0]), saved[1])
 
 
 def optimize(objective: Objective, sizes: Sequence[int], settings: Settings, out: Path | None = None,
-             progress: bool = False, rules: dict[str, list] | None = None) -> Search:
+             progress: bool = False, rules: dict[str, list] | None = None, context: dict | None = None,
+             tokens_per_window: int | None = None) -> Search:
     """Run (or resume, from ``out``) a search on any objective ``f(genome, sample) -> float``; ``rules``: named
-    genomes a race starts from besides uniform (the allocations that need no search)."""
-    return Search(objective, sizes, settings, out, progress, rules).run()
+    genomes a race starts from besides uniform (the allocations that need no search); ``context``: the rest of
+    the search's identity (``Search``)."""
+    return Search(objective, sizes, settings, out, progress, rules, context, tokens_per_window).run()
 
 
 def finished_result(out: Path, config: dict) -> dict | None:

@@ -2,8 +2,9 @@
 
 It loads the model once (float32), tokenizes each split once, calibrates every criterion on the same validation
 windows, keeps one pruner per criterion, gene layout and dtype (a copy of the model in another dtype is made once
-and shared), looks test perplexities up in the profile's measurement log before measuring them, and builds the
-search objective. The notebooks' experiments, the command line, the panel and ``make bench`` all go through it.
+and shared) and looks test perplexities up in the profile's measurement log before measuring them. The notebooks'
+experiments, the command line, the panel, ``make bench`` and the search objective (``objective``) all go
+through it.
 
 Pruners of one model share its weights: ``pruner()`` hands one out after giving the model back dense from the one
 that last changed it, so ask the session for a pruner again after using another criterion or layout.
@@ -12,15 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from evoprune import EvopruneError, hardware, models, perplexity
+from evoprune import hardware, models, perplexity
 from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
-from evoprune.prefix import PrefixScorer, scoring_order
-from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, get_criterion, outlier_ratios
-from evoprune.results import REPORTED_DTYPE, MeasurementLog, resolve_data
-from evoprune.search import GENES, STUDY_STRIDE, Settings
+from evoprune.criteria import get_criterion
+from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, build_pruner, genes_per_block, outlier_ratios
+from evoprune.data import resolve_data
+from evoprune.measurements import MeasurementLog
+from evoprune.records import REPORTED_DTYPE
 
 
 class Session:
@@ -83,10 +84,10 @@ class Session:
         key = (criterion, genes_per_block, dtype)
         if key not in self._pruners:
             if dtype == REPORTED_DTYPE:
-                get_criterion(criterion)
+                needs_calibration = get_criterion(criterion).needs_calibration
                 self._give_back(self.model)
-                calibration = self.calibration() if get_criterion(criterion).needs_calibration else None
-                self._pruners[key] = Pruner(self.model, criterion, genes_per_block, calibration)
+                calibration = self.calibration() if needs_calibration else None
+                self._pruners[key] = build_pruner(self.model, criterion, genes_per_block, calibration)
             else:
                 base = self.pruner(criterion, genes_per_block)
                 base.restore()
@@ -108,7 +109,7 @@ class Session:
 
     def genes_per_block(self, genome) -> int:
         """2 for a rate vector with an attention and an MLP rate per block, else 1 (a number counts as either)."""
-        return 2 if isinstance(genome, (list, tuple)) and len(genome) == 2 * self.n_blocks else 1
+        return genes_per_block(genome, self.n_blocks)
 
     def apply(self, genome, criterion: str = "magnitude", dtype: str = REPORTED_DTYPE) -> Pruner:
         """Prune to a rate vector (one rate per block, per block x group, or one number for all)."""
@@ -124,7 +125,7 @@ class Session:
     # --- measurements ---
 
     def measure(self, pruner: Pruner, protocol: str = "primary", windows: int | None = None,
-                dtype: str = REPORTED_DTYPE, split: str = "test", seq_len: int = 1024, stride: int = STUDY_STRIDE,
+                dtype: str = REPORTED_DTYPE, split: str = "test", seq_len: int = 1024, stride: int = perplexity.STUDY_STRIDE,
                 batch_size: int = 4) -> perplexity.Perplexity:
         """Perplexity of ``pruner``'s model as pruned now, or the logged value of the same measurement."""
         tokens = self.tokens(split)
@@ -155,106 +156,3 @@ class Session:
     def data_provenance(self, splits=("test", "validation")) -> dict:
         """The data setting and, per split, its file or hub source, text hash and token count."""
         return {"setting": self.data, **{split: self.tokens(split).provenance() for split in splits}}
-
-    # --- the search objective ---
-
-    def objective(self, settings: Settings, reuse: bool = True) -> "ModelObjective":
-        """Fitness of genomes for a search with these settings (``settings.dtype`` already resolved); ``reuse``:
-        skip the blocks a genome prunes as a recently scored one did (the same numbers)."""
-        pruner = self.pruner(settings.criterion, GENES[settings.genes], settings.dtype)
-        return ModelObjective(pruner, self.tokens(settings.fitness_split).ids, settings, reuse)
-
-
-# --- the model objective -------------------------------------------------------------------------------------
-
-@torch.inference_mode()
-def mean_kl(model: torch.nn.Module, wins: torch.Tensor, dense_hidden: torch.Tensor, batch_size: int,
-            dtype: torch.dtype, hidden=perplexity.final_hidden) -> float:
-    """Mean over predicted tokens of KL(dense || model). The dense model's next-token distributions come from its
-    final hidden states (``dense_hidden``, from ``final_hidden`` before pruning) through the same, never pruned,
-    LM head, chunk by chunk: a few MB per window instead of a vocabulary-wide tensor."""
-    total = 0.0
-    for start in range(0, len(wins), batch_size):
-        pruned = hidden(model, wins[start: start + batch_size], dtype)
-        chunks = zip(perplexity.chunk_logits(model, pruned, dtype),
-                     perplexity.chunk_logits(model, dense_hidden[start: start + batch_size], dtype))
-        for (_, logits), (_, dense) in chunks:
-            ref = dense.log_softmax(-1)
-            total += (ref.exp() * (ref - logits.log_softmax(-1))).sum().double().item()
-    return total / (len(wins) * (wins.shape[1] - 1))
-
-
-def fresh_windows(ids: torch.Tensor, seq_len: int, n: int, draw: tuple) -> torch.Tensor:
-    """``n`` windows at random places of the whole split, the same for the same ``draw`` (seed, generation,
-    stage) on every run."""
-    rng = np.random.default_rng([int(x) for x in draw])
-    starts = rng.integers(0, ids.numel() - seq_len + 1, size=n)
-    return torch.stack([ids[s: s + seq_len] for s in starts])
-
-
-class ModelObjective:
-    """Fitness of a genome: prune the model (in the fitness dtype) in place, then score a sample of windows: the
-    first ``n`` fitness windows, or a fresh sample (``search.fresh_sample``). Study-protocol perplexity for the
-    published GA, else primary perplexity or KL to the dense model on the same windows. Blocks a genome prunes as
-    a recently scored one did are not run again (``prefix.PrefixScorer``: the same numbers, bit for bit), and a
-    batch of genomes (``map``) is scored in the order that shares the most blocks."""
-
-    def __init__(self, pruner: Pruner, ids: torch.Tensor, settings: Settings, reuse: bool = True):
-        self.pruner, self.model, self.ids, self.settings = pruner, pruner.model, ids, settings
-        self.hidden = PrefixScorer(pruner).final_hidden if reuse else perplexity.final_hidden
-        self.reuse = reuse
-        self.study = settings.strategy == "published"
-        self.dtype = perplexity.get_dtype(settings.dtype)
-        if settings.fitness_windows is not None:
-            self.check_windows(settings.fitness_windows)
-        self.samples: dict = {}  # sample -> (windows, dense final hidden states for KL)
-        self.setup_tokens = 0
-
-    def check_windows(self, n: int) -> None:
-        tokens, seq_len = self.ids.numel(), self.settings.seq_len
-        if self.study:
-            available = (tokens - seq_len) // STUDY_STRIDE + 1 if tokens >= seq_len else 0
-        else:
-            available = tokens // seq_len
-        if n > available:
-            raise EvopruneError(f"--fitness-windows {n} is more than the {available} windows of {seq_len} tokens "
-                                f"the {self.settings.fitness_split} split holds: lower it.")
-
-    def sample(self, sample) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The windows of a sample and, for KL fitness, the dense model's final hidden states on them. Fresh
-        samples are kept only while they are in use (a generation's stages)."""
-        if sample not in self.samples:
-            seq_len = self.settings.seq_len
-            if isinstance(sample, int):
-                wins = (perplexity.study_windows(self.ids, seq_len, STUDY_STRIDE, sample) if self.study
-                        else perplexity.windows(self.ids, seq_len, sample))
-            else:
-                wins = fresh_windows(self.ids, seq_len, sample[1], sample[0])
-                for old in [k for k in self.samples if not isinstance(k, int)][:-2]:
-                    del self.samples[old]
-            dense = None
-            if self.settings.fitness == "kl":
-                genome = self.pruner.genome
-                self.pruner.restore()
-                bs = self.settings.batch_size
-                dense = torch.cat([perplexity.final_hidden(self.model, wins[s: s + bs], self.dtype)
-                                   for s in range(0, len(wins), bs)])
-                self.pruner.apply(genome)
-                self.setup_tokens += wins.numel()
-            self.samples[sample] = (wins, dense)
-        return self.samples[sample]
-
-    def __call__(self, genome: list, sample) -> float:
-        wins, dense = self.sample(sample)
-        self.pruner.apply(genome)
-        batch_size, hidden = self.settings.batch_size, self.hidden
-        if dense is not None:
-            return mean_kl(self.model, wins, dense, batch_size, self.dtype, hidden)
-        score = perplexity.study if self.study else perplexity.primary
-        return score(self.model, wins, batch_size, self.dtype, hidden=hidden).ppl
-
-    def map(self, genomes: list, sample) -> list[float]:
-        values = {}
-        for i in scoring_order(self.pruner, genomes) if self.reuse else range(len(genomes)):
-            values[i] = self(genomes[i], sample)
-        return [values[i] for i in range(len(genomes))]

@@ -21,8 +21,9 @@ from matplotlib.figure import Figure
 from evoprune import EvopruneError, perplexity
 from evoprune.hardware import resolve_dtype
 from evoprune.pruning import Pruner
-from evoprune.search import GENES, project
-from evoprune.results import ReportPaths, read_json, study_published, write_json
+from evoprune.pruning import GENES
+from evoprune.strategies import project
+from evoprune.records import read_json, ReportPaths, study_published, write_json
 
 CUSTOM = "(custom)"
 

@@ -243,18 +243,19 @@ def open_pool(make_objective: Callable[[], Callable], workers: int, backend: str
     return ProcessPool(make_objective, workers, threads_per_worker)
 
 
-def session_objective(settings):
-    """A worker's search objective ``f(genome, n_windows)`` for ``search.Settings``: its own session (model, data,
-    pruner, calibration, dense reference)."""
+def session_objective(spec):
+    """A worker's search objective ``f(genome, n_windows)`` for ``objective.FitnessSpec``: its own session (model,
+    data, pruner, calibration, dense reference)."""
+    from evoprune.objective import build_objective
     from evoprune.session import Session
-    return Session(settings.model, settings.data).objective(settings)
+    return build_objective(Session(spec.model, spec.data), spec)
 
 
-def session_pool(settings, workers: int, ray_address: str | None = None, backend: str | None = None,
+def session_pool(spec, workers: int, ray_address: str | None = None, backend: str | None = None,
                  threads_per_worker: int = 1) -> Pool:
-    """A pool scoring a search's genomes (``search.Settings`` with its dtype resolved); its ``map(genomes,
+    """A pool scoring a search's genomes (``objective.FitnessSpec`` with its dtype resolved); its ``map(genomes,
     n_windows)`` is what the optimizer calls. Backend: ``ray`` when given a cluster address, else ``process``."""
     backend = backend or ("ray" if ray_address else "process")
-    return open_pool(functools.partial(session_objective, settings), workers, backend, ray_address,
+    return open_pool(functools.partial(session_objective, spec), workers, backend, ray_address,
                      threads_per_worker)
 

@@ -1,0 +1,173 @@
+"""The README's generated sections: the results (from ``reports/<profile>/summary.json``) and the performance
+table (from ``reports/bench.json``), each between its markers, filled in by ``update_readme`` (``make readme``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from evoprune import EvopruneError
+from evoprune.records import ROOT, markdown_table, read_json, report_paths
+from evoprune.report import (budget_words, claims_section, downstream_section, fitness_section, methods_table,
+                             results_table, run_words, seeds_section, study_table, wanda_targets)
+from evoprune.stats import main_group
+
+README = ROOT / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def readme_section(summary: dict) -> str:
+    """The README's results, generated from summary.json so every number there equals the one in the file."""
+    profile, windows = summary["profile"], summary["protocol"]["test_windows"]
+    return f"""{BEGIN}
+<!-- generated from reports/{profile}/summary.json by `make readme`; edit report.readme_section, not this -->
+Model `{summary['model']}`, profile `{profile}`; all perplexities on the WikiText-2 **test** split in
+{summary['protocol']['reported_dtype']}: *primary* = the first {windows['primary']} non-overlapping 1024-token
+windows, *study protocol* = {windows['study']} windows drawn as the study drew its 128. GA fitness was computed on
+the validation split unless the row says otherwise, so these test numbers are held out. Budgets and provenance:
+[reports/{profile}/REPORT.md](reports/{profile}/REPORT.md).
+
+{markdown_table(results_table(summary))}
+Search budgets and what they bought (fitness in the dtype shown, on validation samples unless said):
+
+{search_lines(summary)}
+
+{findings(summary)}
+
+{claims_section(summary, "###")}
+{seeds_section(summary, "###")}
+{fitness_section(summary, "###")}
+Generalization, on a second text no fitness saw (`python-docs`):
+
+{markdown_table(summary["generalization"])}
+{downstream_section(summary, "###")}
+![Figure 1](figures/{profile}/figure1.png)
+![Figure 2](figures/{profile}/figure2_layer_profile.png)
+
+Beyond the study: criteria (magnitude, Wanda) x allocations (uniform, OWL, sensitivity-ranked, one global
+threshold, the GA at a small budget: {budget_words(summary['methods'].get('budget'))}), test perplexity in
+{summary['methods']['dtype']} on the first
+{summary['methods']['test_windows']} test windows (dense {summary['methods']['dense_ppl']:.4g} there). Whole-block
+removal and the export round trip are in the report.
+
+{markdown_table(methods_table(summary))}
+{wanda_targets(summary)}.
+
+![Figure 3](figures/{profile}/figure3_methods.png)
+
+The study's **published** GPT-2 numbers, for reference only: its GA was scored on the same test windows it
+reports, so its GA row is not held out, and GPT-2 is not the model above.
+
+{markdown_table(study_table())}
+{END}"""
+
+
+def findings(summary: dict) -> str:
+    """The README's measured findings in a few sentences, every number read from the summary."""
+    dense, m = summary["dense"]["test_ppl"], summary["methods"]
+    uniform = {round(u["sparsity"], 6): u["test_ppl"] for u in summary["uniform"]}
+    lines = []
+    runs = main_group(summary)
+    if runs:
+        ppl = [r["test_ppl"] for r in runs]
+        lines.append(f"The main search (`{'`, `'.join(r['run'] for r in runs)}`, {runs[0]['target']:.0%} "
+                     f"{runs[0]['criterion']}) reaches a test perplexity of {np.mean(ppl):.4g} on average over its "
+                     f"{len(runs)} seeds (range {min(ppl):.4g}–{max(ppl):.4g}): {np.mean(ppl) / dense:.2f}x dense and "
+                     f"{np.mean(ppl) / runs[0]['uniform_at_target']['test_ppl']:.2f}x uniform at the same sparsity.")
+    cell = {(r["criterion"], r["method"], r["target"]): r["test_ppl"] for r in m["rows"]}
+    if ("wanda", "uniform", 0.45) in cell and ("magnitude", "uniform", 0.45) in cell:
+        lines.append(f"At 45%, uniform Wanda is {cell['wanda', 'uniform', 0.45] / m['dense_ppl']:.2f}x dense where "
+                     f"uniform magnitude is {cell['magnitude', 'uniform', 0.45] / m['dense_ppl']:.2f}x "
+                     f"({m['test_windows']} test windows, {m['dtype']}).")
+    single = min(m["single_removal"], key=lambda r: r["test_ppl"])
+    ga = m["removal_ga"]
+    lines.append(f"Removing the best single block ({single['removed'][0]}) gives {single['test_ppl']:.4g} against "
+                 f"{m['removal_dense_ppl']:.4g} dense "
+                 f"({m['removal_windows']} test windows, {m['removal_dtype']}); "
+                 f"the removal GA's best set of {ga['settings']['k']} blocks "
+                 f"({ga['evaluations']} evaluations) gives {ga['test']['test_ppl']:.4g}.")
+    lines.append(run_words(summary["provenance"]))
+    return "\n".join(lines)
+
+
+def search_lines(summary: dict) -> str:
+    """One line per GA run: its budget, its cost, and its test perplexity against dense and uniform."""
+    dense = summary["dense"]["test_ppl"]
+    lines = []
+    for g in summary["ga"]:
+        cfg = summary["provenance"]["budgets"][g["run"]]
+        versus = ("" if g["strategy"] == "published" else
+                  f", {g['test_ppl'] / g['uniform_at_target']['test_ppl']:.2f}x uniform at the same sparsity")
+        fitness = "" if g["strategy"] == "published" else f", fitness {g['fitness_kind']}"
+        lines.append(f"- `{g['run']}`: {budget_words(cfg)}{fitness}, seed {cfg['seed']} ({cfg['dtype']}); "
+                     f"{g['generations_run']} generations, {g['evaluations']} evaluations, "
+                     f"{g['forward_tokens']:,} forward tokens, {g['wall_s']:.0f} s; block sparsity "
+                     f"{g['block_sparsity']:.2%}; test perplexity {g['test_ppl'] / dense:.2f}x dense{versus}.")
+    return "\n".join(lines)
+
+
+BENCH = ROOT / "reports" / "bench.json"
+BENCH_BEGIN, BENCH_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+BENCH_ROWS = (  # (label, figure, format, target)
+    ("fitness evaluation FLOPs (2 x params x tokens + causal attention) / the chosen dtype's matmul peak (median of"
+     " 3 rounds, each probe just before its evaluation)", "fitness_peak_fraction", "{:.2f}", "≥ 0.7"),
+    ("`auto`'s fitness evaluation / the faster explicit dtype's", "auto_over_best", "{:.3f}", "≤ 1.05"),
+    ("race search with prefix reuse / the same search without (same result)", "prefix_reuse_ratio", "{:.3f}",
+     "≤ 0.8"),
+    ("offline run wall time / (its tokens / plain forward throughput)", "offline_overhead_ratio", "{:.3f}",
+     "≤ 1.15"),
+    ("peak resident memory of a search (GiB)", "peak_rss_gib", "{:.2f}", "≤ 3"),
+    ("apply a new rate vector / one fitness evaluation", "apply_over_eval", "{:.3f}", "≤ 0.05"),
+    ("bf16 perplexity vs fp32, largest of dense and 45%", "bf16_ppl_rel_error", "{:.2%}", "≤ 0.5%"),
+    ("tokens the main search needed to reach `published`'s final result / tokens `published` used", "search_token_ratio",
+     "{:.3f}", "≤ 0.05"),
+    ("apply + evaluate / plain Hugging Face forward of the same model, chosen dtype", "overhead_ratio", "{:.3f}", ""),
+)
+
+
+def bench_section(bench: dict) -> str:
+    """The README's performance table, generated from reports/bench.json (written by ``make bench``)."""
+    figures = bench["figures"]
+    how = "the `race` search's parent against `published`'s final genome on the same fresh samples"
+    rows = [{"figure": label, "measured": fmt.format(figures[key]) if figures.get(key) is not None else "not measured",
+             "target": target} for label, key, fmt, target in BENCH_ROWS]
+    hardware = bench["provenance"]["hardware"]
+    latency = ", ".join(f"{r['removed']} blocks removed {r['ratio']:.2f}" for r in figures["latency"]["rows"][1:])
+    w = figures["workers"]
+    scored = (f"One race generation ({w['children']} children raced on fresh samples of "
+              f"{', '.join(map(str, w['stage_windows']))} windows of {w['seq_len']} tokens, then the parent)")
+    prefix = (f"Prefix reuse: the short race search ({figures['prefix_search']['offspring']} children, "
+              f"{figures['prefix_search']['generations']} generations), best of two runs each way; the reusing runs "
+              f"skipped {figures['prefix_blocks_skipped']:.1%} of their block forwards.\n")
+    return f"""{BENCH_BEGIN}
+<!-- generated from reports/bench.json by `make readme`; edit report.bench_section, not this -->
+`make bench` at commit `{bench['provenance']['git_commit'][:12]}` on {hardware['cpu']} ({hardware['cores']} cores,
+{figures['threads']} threads, CPU capability {figures['cpu_capability']}); `auto` chose {figures['chosen_dtype']}
+(median matmul peaks {figures['matmul_peak_gflops_bfloat16']:.0f} GFLOP/s bf16, {figures['matmul_peak_gflops_float32']:.0f}
+GFLOP/s fp32):
+
+{markdown_table(rows)}
+{prefix}Search cost ("the main search needed"): {how}.
+Forward time of SmolLM2 with blocks removed, over the whole model (medians of interleaved rounds): {latency}.
+{scored} in {w['dtype']} on 2 processes x 1 thread against 1 process x 2 threads:
+{w['serial_1x2_s'] / w['process_2x1_s']:.2f}x as fast, {'the same' if w['process_identical'] else '**different**'}
+values (the search uses one process unless `--workers` says otherwise).
+{BENCH_END}"""
+
+
+def _replace_section(text: str, begin: str, end: str, section: str) -> str:
+    if begin not in text or end not in text:
+        raise EvopruneError(f"README.md has no {begin} ... {end} section to fill.")
+    before, rest = text.split(begin, 1)
+    return before + section + rest.split(end, 1)[1]
+
+
+def update_readme(profile: str, root: Path | None = None) -> Path:
+    """Replace the README's results section with the one generated from ``reports/<profile>/summary.json``, and
+    its performance table with the one generated from ``reports/bench.json`` when that exists."""
+    text = _replace_section(README.read_text(), BEGIN, END,
+                            readme_section(read_json(report_paths(profile, root).summary)))
+    if BENCH.exists():
+        text = _replace_section(text, BENCH_BEGIN, BENCH_END, bench_section(read_json(BENCH)))
+    README.write_text(text)
+    return README

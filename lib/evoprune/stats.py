@@ -1,0 +1,206 @@
+"""The study's statistics from records alone (no model, no torch): searches grouped over seeds and their layer
+profiles, rank correlation, the claims against each rule, KL against perplexity fitness, and the methods
+comparison."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from evoprune import EvopruneError
+from evoprune.records import SearchRecord
+
+
+def removal_summary(record: SearchRecord) -> dict:
+    """A block-removal search in the methods comparison's words: the removed blocks, what they cost and scored."""
+    return {"removed": record.genome, "fitness": record.fitness, "evaluations": record.spent.evaluations,
+            "settings": record.config, "wall_s": record.spent.wall_s, "forward_tokens": record.spent.forward_tokens,
+            "test": record.test}
+
+
+def methods_summary(allocations: dict, methods_ga: dict) -> dict:
+    """Issue 6's comparison: every criterion x allocation (GA included) per target, whole-block removal and the
+    exports, all on the same windows and dtype (checked)."""
+    removal = allocations["block_removal"]
+    rows = [{k: v for k, v in r.items() if k != "genome"} for r in allocations["rows"] + methods_ga["rows"]]
+    seen = {(r["test_windows"], r["dtype"]) for r in rows}
+    if len(seen) != 1:
+        raise EvopruneError(f"02 and 03 measured the methods on different windows or dtypes {sorted(seen)}: re-run "
+                            f"them with the same method_windows and method_dtype.")
+    windows, dtype = seen.pop()
+    dense_ppl = allocations["dense_ppl"]
+    n = removal["dense_blocks"]
+    removal_ga = removal_summary(SearchRecord.from_dict(methods_ga["removal_ga"]))
+    removal_dense = removal["depths"][0]["test_ppl"]  # removal is measured on its own windows and dtype
+    removed = [{"removed": r["removed"], "share": len(r["removed"]) / n, "test_ppl": r["test_ppl"],
+                "over_dense": r["test_ppl"] / removal_dense} for r in removal["depths"][1:] + [removal_ga["test"]]]
+    return {"test_windows": windows, "dtype": dtype, "dense_ppl": dense_ppl, "rows": rows,
+            "removal_windows": removal["test_windows"], "removal_dtype": removal["dtype"],
+            "removal_dense_ppl": removal_dense,
+            "genomes": {f"{r['criterion']}-{r['target']:.0%}": r["genome"] for r in methods_ga["rows"]},
+            "removal_depths": removal["depths"], "removal_points": removed,
+            "removal_ga": removal_ga,
+            "single_removal": removal["single"], "exports": methods_ga["exports"],
+            "budget": methods_ga["provenance"].get("budget")}
+
+
+def seed_groups(ga_rows: list[dict]) -> dict[str, list[dict]]:
+    """GA runs grouped by everything in their config but the seed: one group per search repeated over seeds,
+    named by its first run (and the number of seeds when there are several)."""
+    groups: dict[str, list[dict]] = {}
+    for row in ga_rows:
+        key = json.dumps({k: v for k, v in row["config"].items() if k != "seed"}, sort_keys=True)
+        groups.setdefault(key, []).append(row)
+    return {(rows[0]["run"] if len(rows) == 1 else f"{rows[0]['run']} ({len(rows)} seeds)"): rows
+            for rows in groups.values()}
+
+
+def run_groups(ga_rows: list[dict]) -> dict[str, str]:
+    """Each run's search (``seed_groups``' name): the seeds of one search share its colour in the figures."""
+    return {row["run"]: name for name, rows in seed_groups(ga_rows).items() for row in rows}
+
+
+def layer_profiles(summary: dict) -> dict[str, list[list[float]]]:
+    """Figure 2's input: the best genome of each search, one per seed, one rate per block. A search with an
+    attention and an MLP rate per block (``--genes group``, stored in turn) gives two profiles. Keyed by the
+    search's first run: the figure's label counts the seeds."""
+    profiles = {}
+    for rows in seed_groups(summary["ga"]).values():
+        name, genomes = rows[0]["run"], [row["genome"] for row in rows]
+        if rows[0]["config"]["genes"] == "group":
+            profiles[f"{name} attention"] = [g[0::2] for g in genomes]
+            profiles[f"{name} MLP"] = [g[1::2] for g in genomes]
+        else:
+            profiles[name] = genomes
+    return profiles
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rho: the correlation of the two profiles' ranks (tied rates share their mean rank)."""
+    def ranks(x):
+        x = np.asarray(x, dtype=float)
+        r = np.empty(len(x))
+        r[np.argsort(x, kind="stable")] = np.arange(len(x))
+        for value in np.unique(x):
+            r[x == value] = r[x == value].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def seed_table(summary: dict) -> list[dict]:
+    """Each search run over several seeds: mean and range of its test perplexity, against uniform at its target,
+    and how alike its layer profiles are (Spearman's rho between every pair of seeds)."""
+    rows = []
+    for name, runs in seed_groups(summary["ga"]).items():
+        if len(runs) < 2:
+            continue
+        ppl = [r["test_ppl"] for r in runs]
+        rhos = [rank_correlation(a["genome"], b["genome"]) for i, a in enumerate(runs) for b in runs[i + 1:]]
+        rows.append({"search": name, "seeds": [r["config"]["seed"] for r in runs], "test_ppl_mean": float(np.mean(ppl)),
+                     "test_ppl_min": min(ppl), "test_ppl_max": max(ppl),
+                     "mean_over_uniform": float(np.mean(ppl)) / runs[0]["uniform_at_target"]["test_ppl"],
+                     "profile_rho_mean": float(np.mean(rhos)), "profile_rho_min": min(rhos)})
+    return rows
+
+
+def main_group(summary: dict) -> list[dict]:
+    """The main search: the race (else elitist) runs repeated over the most seeds, with perplexity fitness."""
+    groups = [rows for rows in seed_groups(summary["ga"]).values()
+              if rows[0]["strategy"] != "published" and rows[0].get("fitness_kind", "ppl") == "ppl"]
+    return max(groups, key=len, default=[])
+
+
+def _cell(measured: float | None, bound: float, what: str, target: str) -> dict:
+    return {"what": what, "measured": measured, "target": target,
+            "met": None if measured is None else bool(measured <= bound)}
+
+
+def claims(summary: dict) -> list[dict]:
+    """Issue 16's targets as measured: the main search (mean over its seeds) against uniform and the best rule at
+    its target, on test and on the second held-out text; every methods cell against the best rule there; and
+    how much of its gain on the fitness split carried over to test."""
+    runs = main_group(summary)
+    if not runs:
+        return []
+    names, (criterion, target) = {r["run"] for r in runs}, (runs[0]["criterion"], runs[0]["target"])
+    mean = float(np.mean([r["test_ppl"] for r in runs]))
+    rules = {r["method"]: r["test_ppl"] for r in summary.get("rules", [])
+             if r["criterion"] == criterion and r["target"] == target}
+    label = f"{target:.0%} {criterion}, GA ({f'mean of {len(runs)} seeds' if len(runs) > 1 else 'one seed'})"
+    out = [_cell(mean / runs[0]["uniform_at_target"]["test_ppl"], 0.5, f"{label} / uniform, test", "≤ 0.5")]
+    if rules:
+        out.append(_cell(mean / min(rules.values()), 0.85,
+                         f"{label} / the best no-search allocation ({min(rules, key=rules.get)}), test", "≤ 0.85"))
+    held = [g for g in summary["generalization"] if g["run"] in names]
+    for rule, bound in (("uniform", 0.55), ("sensitivity", 0.85)):
+        ratios = [g[f"ga_over_{rule}"] for g in held if f"ga_over_{rule}" in g]
+        if ratios:
+            out.append(_cell(float(np.mean(ratios)), bound, f"{label} / {rule}, python-docs", f"≤ {bound}"))
+    over = [o["fitness_split_over_test"] for o in summary.get("overfitting", []) if o["run"] in names]
+    if over:
+        out.append({"what": f"{label}: gain on validation / gain on test (ratios to uniform)",
+                    "measured": float(np.mean(over)), "target": "reported; closer to 1 than 0.59/0.65 = 0.91",
+                    "met": None})
+    cells: dict[tuple, dict] = {}
+    for r in summary["methods"]["rows"]:
+        cells.setdefault((r["criterion"], r["target"]), {})[r["method"]] = r["test_ppl"]
+    for (crit, t), methods in sorted(cells.items()):
+        if "GA" in methods and len(methods) > 1:
+            best = min((m for m in methods if m != "GA"), key=methods.get)
+            bound = 0.8 if t >= 0.6 else 0.95
+            out.append(_cell(methods["GA"] / methods[best], bound,
+                             f"methods table, {crit} {t:.0%}: GA / the best no-search allocation ({best})",
+                             f"≤ {bound}"))
+    return out
+
+
+STORED_TOP_K = 32  # a stored KL reference: the top-k log-probabilities of every position (plus the remaining mass)
+
+
+def reference_tokens(config: dict, generations: int) -> int:
+    """Forward tokens a race with KL fitness spends on the dense model's reference: one dense pass over every
+    fresh sample (generation 0's one sample of the last stage's size, then each later generation's stages)."""
+    windows = config["low_windows"] * 2 ** (config["stages"] - 1)
+    windows += (generations - 1) * sum(config["low_windows"] * 2 ** k for k in range(config["stages"]))
+    return windows * config["seq_len"]
+
+
+def fitness_comparison(summary: dict, data: dict) -> list[dict]:
+    """KL against perplexity fitness: pairs of searches alike in everything but the fitness, at the same token
+    budget, by what each bought on test and on the second held-out text; with the tokens KL's reference cost
+    (computed on each fresh sample) and what storing it for the whole fitness split instead would cost."""
+    held = {g["run"]: g for g in summary["generalization"]}
+    by_config: dict[str, dict] = {}
+    for g in summary["ga"]:
+        key = json.dumps({k: v for k, v in g["config"].items() if k != "fitness"}, sort_keys=True)
+        by_config.setdefault(key, {})[g["config"].get("fitness", "ppl")] = g
+    rows = []
+    for pair in by_config.values():
+        if {"ppl", "kl"} <= set(pair):
+            for kind in ("ppl", "kl"):
+                g = pair[kind]
+                row = {"run": g["run"], "fitness": kind, "forward_tokens": g["forward_tokens"],
+                       "evaluations": g["evaluations"], "wall_s": g["wall_s"], "test_ppl": g["test_ppl"],
+                       "test_over_uniform": g["test_ppl"] / g["uniform_at_target"]["test_ppl"],
+                       "python_docs_over_uniform": held[g["run"]]["ga_over_uniform"] if g["run"] in held else None}
+                if kind == "kl" and g["strategy"] == "race":
+                    stored = data[g["fitness_split"]]["n_tokens"]
+                    row["reference_tokens_per_sample"] = reference_tokens(g["config"], g["generations_run"])
+                    row["reference_tokens_stored"] = stored  # one dense pass over the split, kept as top-k
+                    row["stored_top32_mib"] = stored * STORED_TOP_K * 6 / 2 ** 20  # bf16 log-prob + int32 id
+                rows.append(row)
+    return rows
+
+
+def pivot(rows: list[dict]) -> list[dict]:
+    """Method rows as a table: one line per criterion and method, one column of test perplexity per target."""
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        line = table.setdefault((r["criterion"], r["method"]), {"criterion": r["criterion"], "method": r["method"]})
+        line[f"{r['target']:.0%}"] = r["test_ppl"]
+    return sorted(table.values(), key=lambda line: line["criterion"])  # stable: methods keep their order
+
+
