@@ -6,9 +6,14 @@ means more important; the pruner zeroes weights in increasing score order. ``per
 output row only (Wanda). ``needs_calibration``: ``norms`` holds each matrix's input-feature L2 norms on the
 validation calibration windows (``pruning.input_norms``), else it is None.
 
-Adding one is a ``register(Criterion(...))`` here (or in your own module) and nothing else, e.g.::
+Adding one is a ``register(Criterion(...))`` here (or in your own module) and nothing else: the command line
+offers it, profiles and the session accept it and the pruner uses it. For example::
 
-    register(Criterion("signed", lambda m, norms: m.out_in().abs().float() * random_sign(m.out_in().shape)))
+    def signed(matrix, norms=None):  # |W| times a fixed random sign
+        w = matrix.out_in().abs().float()
+        return w * (torch.randint(0, 2, w.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+
+    register(Criterion("signed", signed, help="|W| times a random sign"))
 
 **Pruner hook.** A criterion that does not zero weights by a score order (SparseGPT: it swaps in reconstructed
 weights from a database of levels) gives ``pruner`` instead of ``score``: a factory
