@@ -8,7 +8,7 @@ from evoprune import EvopruneError, levels
 from evoprune.levels import LevelDatabase, LevelPruner, build, move_levels, snap_to_grid
 from evoprune.models import prunable_matrices, tiny_gpt2, tiny_llama
 from evoprune.pruning import count_for
-from evoprune.sparsegpt import HessianHooks, block_counts, prune, prune_levels, prune_sequential
+from evoprune.sparsegpt import HessianHooks, block_counts, block_masks, prune, prune_levels, prune_sequential
 
 GRID = (0.0, 0.25, 0.5, 0.75)
 
@@ -67,6 +67,14 @@ def test_dead_inputs_are_pruned_first_and_levels_share_one_pass():
     assert torch.equal(stacked[0][:, [i for i in range(40) if i != 7]], w[:, [i for i in range(40) if i != 7]])
     for k, s in enumerate([0.25, 0.5], start=1):
         torch.testing.assert_close(stacked[k], prune(w, h, s, 16), rtol=1e-5, atol=1e-5)
+
+
+def test_mask_takes_exact_counts_with_ties_by_position_per_level():
+    wt = torch.ones(2, 2 * 3)  # a block of 2 columns, 2 levels x 3 rows, all scores equal
+    wt[1, 3:] = 0.5             # level 1: column 1 scores lower
+    mask = block_masks(wt, torch.ones(2), [2, 4])
+    assert mask[:, :3].t().tolist() == [[True, True], [False, False], [False, False]]  # level 0: row 0 first
+    assert mask[:, 3:].t().tolist() == [[True, True], [False, True], [False, True]]  # level 1: column 1, then row 0
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.7])

@@ -29,6 +29,7 @@ from evoprune.perplexity import count_forward
 
 BLOCKSIZE = 128
 PERCDAMP = 0.01
+INNER = 16  # columns per lazy update inside a block
 
 
 # --- Hessians from a layer's inputs ----------------------------------------------------------------------------
@@ -102,15 +103,36 @@ def block_counts(sparsity: float, rows: int, columns: int, blocksize: int) -> li
     return [b - a for a, b in zip(cumulative, cumulative[1:])]
 
 
-def block_masks(w: torch.Tensor, u_diag: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
-    """For weights (levels, rows, cols) of one column block: per level the ``counts[level]`` weights with the
-    smallest w^2 / U_ii^2, ties by position (True: pruned)."""
-    scores = (w ** 2 / u_diag.reshape(1, 1, -1) ** 2).reshape(len(counts), -1)
-    order = scores.argsort(dim=1, stable=True)
+def block_masks(wt: torch.Tensor, u_diag: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """For one column block of the stacked levels, (cols, levels x rows): per level the ``counts[level]``
+    weights with the smallest w^2 / U_ii^2, ties at the threshold by position in (out, in) order (True: pruned).
+    A k-th value and a comparison per level, not a sort: the same mask, and sorting dominated the build."""
+    cols, n = wt.shape[0], len(counts)
+    scores = (wt ** 2 / u_diag.unsqueeze(1) ** 2).reshape(cols, n, -1).permute(1, 2, 0).reshape(n, -1)
     mask = torch.zeros_like(scores, dtype=torch.bool)
     for level, count in enumerate(counts):
-        mask[level, order[level, :count]] = True
-    return mask.reshape(w.shape)
+        if count > 0:
+            row = scores[level]
+            threshold = row.kthvalue(count).values
+            below, ties = row < threshold, row == threshold
+            mask[level] = below | (ties & (ties.cumsum(0) <= count - int(below.sum())))
+    return mask.reshape(n, -1, cols).permute(2, 0, 1).reshape(cols, -1)
+
+
+def sweep(wt: torch.Tensor, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """OBS over one column block in place (``wt``: its columns as rows, levels x rows wide): each column's
+    pruned weights are zeroed and its error propagated to the block's later columns; returns the errors. The
+    updates inside the block are themselves lazy, ``INNER`` columns at a time (the same numbers, more matmul)."""
+    errors = torch.zeros_like(wt)
+    for start in range(0, len(wt), INNER):
+        end = min(start + INNER, len(wt))
+        for i in range(start, end):
+            q = wt[i].masked_fill(mask[i], 0.0)
+            errors[i] = (wt[i] - q) / u[i, i]
+            wt[i + 1:end].addmm_(u[i, i + 1:end, None], errors[i, None], alpha=-1)  # (addr_ is slower)
+            wt[i] = q
+        wt[end:].addmm_(u[start:end, end:].t(), errors[start:end], alpha=-1)
+    return errors
 
 
 @torch.no_grad()
@@ -118,7 +140,8 @@ def prune_levels(weight: torch.Tensor, hessian: torch.Tensor, levels: Sequence[f
                  percdamp: float = PERCDAMP) -> torch.Tensor:
     """SparseGPT of an (out, in) weight at every sparsity in ``levels``: a (len(levels), out, in) tensor, in the
     weight's dtype. The levels share the Hessian's Cholesky factor and run as one pass over the columns with the
-    levels' rows stacked (every update is row-wise, so each level is exactly its own separate pass)."""
+    levels' rows stacked (every update is row-wise, so each level is exactly its own separate pass). Columns are
+    kept as rows (``wt``) so that each column is contiguous."""
     if weight.dim() != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
         raise EvopruneError(f"weight {tuple(weight.shape)} and Hessian {tuple(hessian.shape)} do not match: the "
                             "weight must be (out, in) and the Hessian (in, in).")
@@ -130,23 +153,15 @@ def prune_levels(weight: torch.Tensor, hessian: torch.Tensor, levels: Sequence[f
     n = len(levels)
     w = weight.to(compute).clone()
     w[:, dead] = 0
-    w = w.unsqueeze(0).repeat(n, 1, 1)  # (levels, rows, columns)
+    wt = w.t().repeat(1, n)  # (columns, levels x rows)
     counts = [block_counts(s, rows, columns, blocksize) for s in levels]
     for index, start in enumerate(range(0, columns, blocksize)):
         end = min(start + blocksize, columns)
         u_block = u[start:end, start:end]
-        w_block = w[:, :, start:end].clone()
-        mask = block_masks(w_block, torch.diag(u_block), [c[index] for c in counts])
-        errors = torch.zeros_like(w_block)
-        for i in range(end - start):
-            q = w_block[:, :, i].masked_fill(mask[:, :, i], 0.0)
-            error = (w_block[:, :, i] - q) / u_block[i, i]
-            w_block[:, :, i:] -= error.unsqueeze(2) * u_block[i, i:]
-            w_block[:, :, i] = q
-            errors[:, :, i] = error
-        w[:, :, start:end] = w_block
-        w[:, :, end:] -= errors.reshape(n * rows, -1).matmul(u[start:end, end:]).reshape(n, rows, -1)
-    return w.to(weight.dtype)
+        mask = block_masks(wt[start:end], torch.diag(u_block), [c[index] for c in counts])
+        errors = sweep(wt[start:end], u_block, mask)
+        wt[end:].addmm_(u[start:end, end:].t(), errors, alpha=-1)
+    return wt.reshape(columns, n, rows).permute(1, 2, 0).to(weight.dtype).contiguous()
 
 
 def prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, blocksize: int = BLOCKSIZE,
