@@ -119,7 +119,8 @@ class LevelDatabase:
         return self._handles[block].get_tensor(f"{name}@{k}")
 
     def nbytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+        """Bytes on disk of the identity and the finished block files."""
+        return sum(f.stat().st_size for f in [self.path / "identity.json", *self.path.glob("block-*.safetensors")])
 
 
 def database_dir(ident: dict, root: str | Path = LEVELS_DIR) -> Path:
