@@ -172,6 +172,8 @@ def test_rate_between_levels_is_refused_and_snapping_meets_the_target(gpt2_db):
     with pytest.raises(EvopruneError, match=r"\[0, 0.75\]"):
         pruner.apply(0.9)
     rng = np.random.default_rng(0)
+    with pytest.raises(EvopruneError, match="not a level"):
+        snap_to_grid([0.5] * pruner.n_genes, pruner.gene_sizes(), 0.4, GRID)
     genome = snap_to_grid(rng.uniform(0.2, 0.75, pruner.n_genes), pruner.gene_sizes(), 0.5, GRID)
     pruner.apply(genome)
     assert pruner.target_sparsity(genome) == pytest.approx(0.5, abs=1e-12)
