@@ -4,7 +4,9 @@ SparseGPT's surviving weights depend on the sparsity, so a search that tries man
 matrix reconstructed at many sparsities. As in EvoPress, ``build`` reconstructs every prunable matrix at every
 level of a fixed, evenly spaced grid (default ``GRID``: 0.0, 0.1, ..., 0.9), with Hessians from the DENSE
 model's inputs on calibration windows (validation split), and stores the levels on disk; ``LevelPruner.apply``
-then copies each matrix's level into the model.
+then copies each matrix's level into the model. A uniform genome from the database is therefore SparseGPT in
+the dense-input mode, not the paper's sequential mode (``sparsegpt.prune_sequential``, where block b's Hessians
+come from the already pruned blocks before it); at high sparsity the two differ, so say which mode a number is.
 
 Layout: ``<root>/sparsegpt-<key>/identity.json`` and one ``block-NNN.safetensors`` per decoder block holding
 ``<matrix name>@<level index>`` for levels 1.. (level 0 is the dense weight and is never stored), float32, in the
