@@ -48,8 +48,8 @@ class HessianHooks:
 
     def __enter__(self) -> "HessianHooks":
         for m in self.matrices:
-            module = self.model.get_submodule(m.name)
-            self.handles.append(module.register_forward_pre_hook(lambda mod, args, name=m.name: self.add(name, args[0])))
+            hook = lambda module, args, name=m.name: self.add(name, args[0])  # noqa: E731
+            self.handles.append(self.model.get_submodule(m.name).register_forward_pre_hook(hook))
         return self
 
     def __exit__(self, *exc) -> None:
