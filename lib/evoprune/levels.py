@@ -1,0 +1,294 @@
+"""The SparseGPT level database and a pruner that swaps matrices between its levels.
+
+SparseGPT's surviving weights depend on the sparsity, so a search that tries many rates per matrix needs each
+matrix reconstructed at many sparsities. As in EvoPress, ``build`` reconstructs every prunable matrix at every
+level of a fixed, evenly spaced grid (default ``GRID``: 0.0, 0.1, ..., 0.9), with Hessians from the DENSE
+model's inputs on calibration windows (validation split), and stores the levels on disk; ``LevelPruner.apply``
+then copies each matrix's level into the model. A uniform genome from the database is therefore SparseGPT in
+the dense-input mode, not the paper's sequential mode (``sparsegpt.prune_sequential``, where block b's Hessians
+come from the already pruned blocks before it); at high sparsity the two differ, so say which mode a number is.
+
+Layout: ``<root>/sparsegpt-<key>/identity.json`` and one ``block-NNN.safetensors`` per decoder block holding
+``<matrix name>@<level index>`` for levels 1.. (level 0 is the dense weight and is never stored), float32, in the
+weight's stored layout (GPT-2 Conv1D: (in, out)). ``key`` hashes the identity: format, algorithm and its
+parameters, the model's weights hash, the calibration tokens' hash, window count and length, the grid and the
+dtype; other calibration or another grid gives another directory, and a directory whose identity.json differs
+from the one asked for is refused. A block file is written atomically once its matrices are done, so a killed
+build resumes from the finished blocks (only their Hessians are collected again: one calibration forward).
+
+Genome -> levels: a rate must be a grid level (within 1e-6) and is refused otherwise, with a message naming
+``snap_to_grid``, which rounds a genome to the grid with its parameter-weighted mean exactly at a target level.
+A matrix at level k has exactly ``count_for(grid[k], numel)`` pruned weights, so a genome whose weighted mean is
+the target reaches the target's block sparsity up to half a weight per matrix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from evoprune import EvopruneError, write_atomically
+from evoprune.models import CACHE_DIR, blocks, prunable_matrices, weights_hash
+from evoprune.perplexity import count_forward
+from evoprune.pruning import Pruner, check_genome, count_for
+from evoprune.sparsegpt import BLOCKSIZE, PERCDAMP, HessianHooks, prune_levels
+
+GRID = tuple(i / 10 for i in range(10))  # 0.0, 0.1, ..., 0.9
+LEVELS_DIR = CACHE_DIR / "levels"
+FORMAT = 1
+STORED_DTYPE = torch.float32
+ON_GRID = 1e-6  # a rate this close to a level is that level
+MOVE_TRIES = 20
+
+
+def check_grid(grid: Sequence[float]) -> tuple[float, ...]:
+    """A grid must be 0, s, 2s, ... below 1: evenly spaced from 0 (the level steps of the search are s)."""
+    grid = tuple(float(g) for g in grid)
+    if len(grid) < 2 or grid[-1] >= 1.0 or any(abs(g - i * grid[1]) > 1e-9 for i, g in enumerate(grid)) \
+            or grid[1] <= 0:
+        raise EvopruneError(f"a level grid must be 0, s, 2s, ... with every level below 1 (e.g. {list(GRID)}); "
+                            f"got {list(grid)}.")
+    return grid
+
+
+def level_of(rate: float, grid: Sequence[float]) -> int:
+    """The index of the grid level ``rate`` is on; a rate between levels is refused."""
+    k = int(math.floor(rate / grid[1] + 0.5))
+    if not 0 <= k < len(grid) or abs(rate - grid[k]) > ON_GRID:
+        raise EvopruneError(f"rate {rate} is not a level of the sparsegpt database (levels {list(grid)}): round the "
+                            f"genome with evoprune.levels.snap_to_grid, or build a database with a finer grid.")
+    return k
+
+
+def tokens_sha256(calibration: torch.Tensor) -> str:
+    return hashlib.sha256(calibration.detach().cpu().to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+
+def identity(model: nn.Module, calibration: torch.Tensor, grid: Sequence[float] = GRID,
+             blocksize: int = BLOCKSIZE, percdamp: float = PERCDAMP) -> dict:
+    """Everything a database's contents depend on."""
+    return {"format": FORMAT, "algorithm": "sparsegpt", "hessians": "dense model inputs", "blocksize": blocksize,
+            "percdamp": percdamp, "weights": weights_hash(model), "calibration_sha256": tokens_sha256(calibration),
+            "calibration_windows": int(calibration.shape[0]), "seq_len": int(calibration.shape[1]),
+            "grid": list(check_grid(grid)), "dtype": str(STORED_DTYPE).removeprefix("torch."),
+            "matrices": [[m.name, m.block] for m in prunable_matrices(model)], "n_blocks": len(blocks(model))}
+
+
+def identity_key(ident: dict) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class LevelDatabase:
+    """An opened database directory: its identity and the stored levels (read lazily from the block files)."""
+
+    def __init__(self, path: str | Path, expected: dict | None = None):
+        self.path = Path(path)
+        file = self.path / "identity.json"
+        if not file.is_file():
+            raise EvopruneError(f"{self.path} is not a sparsegpt level database (no identity.json): build one with "
+                                "evoprune.levels.build.")
+        self.identity = json.loads(file.read_text())
+        if expected is not None and self.identity != expected:
+            changed = sorted(k for k in set(expected) | set(self.identity) if expected.get(k) != self.identity.get(k))
+            raise EvopruneError(f"the level database in {self.path} was built for another {', '.join(changed)}: "
+                                f"it cannot be reused; build one for this setting (evoprune.levels.build).")
+        self.grid = tuple(self.identity["grid"])
+        self.block_of = dict(self.identity["matrices"])
+        self._handles: dict[int, object] = {}
+
+    def file_of(self, block: int) -> Path:
+        return self.path / f"block-{block:03d}.safetensors"
+
+    def missing_blocks(self) -> list[int]:
+        return [b for b in range(self.identity["n_blocks"]) if not self.file_of(b).is_file()]
+
+    def complete(self) -> bool:
+        return not self.missing_blocks()
+
+    def level(self, name: str, k: int) -> torch.Tensor:
+        """Matrix ``name`` at level index k >= 1, in the weight's stored layout."""
+        block = self.block_of[name]
+        if block not in self._handles:
+            self._handles[block] = safe_open(str(self.file_of(block)), framework="pt")
+        return self._handles[block].get_tensor(f"{name}@{k}")
+
+    def nbytes(self) -> int:
+        """Bytes on disk of the identity and the finished block files."""
+        return sum(f.stat().st_size for f in [self.path / "identity.json", *self.path.glob("block-*.safetensors")])
+
+
+def database_dir(ident: dict, root: str | Path = LEVELS_DIR) -> Path:
+    return Path(root) / f"sparsegpt-{identity_key(ident)}"
+
+
+def save_block(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, matrices: list, calibration: torch.Tensor, batch_size: int) -> HessianHooks:
+    """Hessians of ``matrices`` from one forward of the (dense) model over the calibration windows."""
+    with HessianHooks(model, matrices) as hooks:
+        for start in range(0, len(calibration), batch_size):
+            batch = calibration[start: start + batch_size]
+            count_forward(torch.float32, batch.numel())
+            model.base_model(input_ids=batch.to(model.device), use_cache=False)
+    return hooks
+
+
+@torch.no_grad()
+def build(model: nn.Module, calibration: torch.Tensor, grid: Sequence[float] = GRID, root: str | Path = LEVELS_DIR,
+          blocksize: int = BLOCKSIZE, percdamp: float = PERCDAMP, batch_size: int = 4,
+          progress: bool = True) -> LevelDatabase:
+    """The level database of the dense ``model`` for these calibration windows (n x seq_len token ids) and grid:
+    reused when built before, resumed when a build was killed, else built (tqdm progress per block)."""
+    from tqdm.auto import tqdm
+    ident = identity(model, calibration, grid, blocksize, percdamp)
+    path = database_dir(ident, root)
+    if not (path / "identity.json").is_file():
+        write_atomically(path / "identity.json", lambda tmp: tmp.write_text(json.dumps(ident, indent=1)))
+    db = LevelDatabase(path, ident)
+    todo = db.missing_blocks()
+    if not todo:
+        return db
+    matrices = [m for m in prunable_matrices(model) if m.block in todo]
+    hooks = calibrate(model, matrices, calibration, batch_size)
+    for b in tqdm(todo, desc="sparsegpt levels", unit="block", disable=not progress):
+        tensors = {}
+        for m in (m for m in matrices if m.block == b):
+            out_in = prune_levels(m.out_in().to(STORED_DTYPE), hooks.hessian(m.name), db.grid[1:], blocksize,
+                                  percdamp)
+            for k, level in enumerate(out_in, start=1):
+                tensors[f"{m.name}@{k}"] = (level.t() if m.transposed else level).contiguous()
+        save_block(db.file_of(b), tensors)
+    return db
+
+
+# --- genomes on the grid --------------------------------------------------------------------------------------
+
+def _best_move(k: list[int], wanted: list[float], sizes: list[int], deficit: int, top: int):
+    """The single level step, or else the pair of opposite steps, that brings the weighted level sum closest to
+    the goal (ties: towards the wanted rates); None if none brings it closer."""
+    s = 1 if deficit > 0 else -1
+    free = [i for i in range(len(k)) if 0 <= k[i] + s <= top]
+    after = lambda move: abs(deficit - sum(d * sizes[i] for i, d in move))  # noqa: E731
+    cost = lambda move: (after(move), sum(d * (k[i] - wanted[i]) for i, d in move))  # noqa: E731
+    for candidates in ([((i, s),) for i in free],
+                       [((i, s), (j, -s)) for i in free for j in range(len(k))
+                        if sizes[j] != sizes[i] and 0 <= k[j] - s <= top]):
+        best = min(candidates, key=cost, default=None)
+        if best is not None and after(best) < abs(deficit):
+            return best
+    return None
+
+
+def snap_to_grid(genome: Sequence[float], sizes: Sequence[int], target: float,
+                 grid: Sequence[float] = GRID) -> list[float]:
+    """Round a genome to grid levels with its parameter-weighted mean exactly ``target`` (itself a level): each
+    rate to its nearest level, then single level steps (or pairs of opposite steps, for unequal gene sizes) that
+    shrink the gap to the target, preferring genes rounded furthest the other way. Sum w k is kept in integers."""
+    grid = check_grid(grid)
+    goal, top = level_of(target, grid), len(grid) - 1
+    wanted = [min(max(float(g) / grid[1], 0.0), float(top)) for g in genome]
+    k = [int(math.floor(x + 0.5)) for x in wanted]
+    sizes = [int(s) for s in sizes]
+    deficit = goal * sum(sizes) - sum(s * x for s, x in zip(sizes, k))
+    while deficit:
+        move = _best_move(k, wanted, sizes, deficit, top)
+        if move is None:
+            raise EvopruneError(f"no genome on the grid {list(grid)} has weighted mean exactly {target} near this "
+                                "one: start from the uniform genome.")
+        for i, d in move:
+            k[i] += d
+            deficit -= d * sizes[i]
+    return [grid[x] for x in k]
+
+
+def move_levels(genome: Sequence[float], sizes: Sequence[int], rng: np.random.Generator, n_moves: int,
+                grid: Sequence[float] = GRID) -> list[float]:
+    """EvoPress's level-switch mutation: ``n_moves`` times, one gene one level down and another of the same size
+    one level up, so the weighted mean stays exactly where it was. Genes with no partner of their size stay."""
+    grid = check_grid(grid)
+    k, top = [level_of(g, grid) for g in genome], len(grid) - 1
+    for _ in range(n_moves):
+        for _ in range(MOVE_TRIES):
+            giver, taker = rng.choice(len(k), size=2, replace=False)
+            if sizes[giver] == sizes[taker] and k[giver] > 0 and k[taker] < top:
+                k[giver] -= 1
+                k[taker] += 1
+                break
+    return [grid[x] for x in k]
+
+
+# --- the pruner -----------------------------------------------------------------------------------------------
+
+class LevelPruner(Pruner):
+    """``pruning.Pruner``'s interface over a level database: apply(genome) copies each matrix's level (a rate on
+    the grid, see ``level_of``) into the model, restore() copies the dense weights back bit for bit. Genes: one
+    per block (1), attention and MLP per block (2), or one per matrix (genes_per_block = matrices per block)."""
+    criterion = "sparsegpt"
+
+    def __init__(self, model: nn.Module, database: LevelDatabase, genes_per_block: int = 1):
+        self.model, self.database = model, database
+        self.matrices = prunable_matrices(model)
+        self.n_blocks = len(blocks(model))
+        per_block = len(self.matrices) // self.n_blocks
+        if genes_per_block not in (1, 2, per_block):
+            raise EvopruneError(f"genes_per_block must be 1 (per block), 2 (attention, MLP) or {per_block} (one "
+                                "per matrix).")
+        if not database.complete():
+            raise EvopruneError(f"the level database {database.path} is incomplete (blocks "
+                                f"{database.missing_blocks()} missing): run evoprune.levels.build again to finish it.")
+        if database.identity["weights"] != weights_hash(model):
+            raise EvopruneError(f"the level database {database.path} was built for other weights: build one for this "
+                                "dense model.")
+        self.genes_per_block, self.grid = genes_per_block, database.grid
+        self.position = {m.name: i % per_block for i, m in enumerate(self.matrices)}
+        self.dense = [m.weight.data.clone() for m in self.matrices]
+        self.levels = [0] * len(self.matrices)
+        self.removed = [0] * len(self.matrices)
+        self.genome = [0.0] * self.n_genes
+
+    def gene_of(self, m) -> int:
+        if self.genes_per_block in (1, 2):
+            return super().gene_of(m)
+        return m.block * self.genes_per_block + self.position[m.name]
+
+    def apply(self, genome) -> None:
+        """Prune to a genome of grid levels (one per gene, or one number for all); other rates are refused."""
+        genome = check_genome(genome, self.n_genes, self.grid[-1])
+        gene_levels = [level_of(g, self.grid) for g in genome]
+        self.set_levels([gene_levels[self.gene_of(m)] for m in self.matrices])
+        self.genome = [self.grid[k] for k in gene_levels]
+
+    @torch.no_grad()
+    def set_levels(self, levels: Sequence[int]) -> None:
+        """Matrix i to level index ``levels[i]``; only matrices whose level changes are copied."""
+        for i, (m, k) in enumerate(zip(self.matrices, levels)):
+            if k != self.levels[i]:
+                m.weight.data.copy_(self.dense[i] if k == 0 else self.database.level(m.name, k))
+                self.levels[i], self.removed[i] = k, count_for(self.grid[k], m.numel)
+        self.genome = self.rates_of(self.removed)
+
+    def set_counts(self, counts: Sequence[int]) -> None:
+        """Per-matrix removal counts, each of which must be a level's count."""
+        levels = []
+        for m, c in zip(self.matrices, counts):
+            matching = [k for k, r in enumerate(self.grid) if count_for(r, m.numel) == c]
+            if not matching:
+                raise EvopruneError(f"{m.name}: removing {c} weights is no level of the sparsegpt database.")
+            levels.append(matching[0])
+        self.set_levels(levels)
+
+    def on(self, model: nn.Module) -> "LevelPruner":
+        twin = super().on(model)
+        twin.levels = list(self.levels)
+        return twin
