@@ -87,7 +87,7 @@ def test_peak_searches_xmins_only_near_the_histogram_peak():
 
 
 def test_block_alphas_are_plain_means_of_the_matrices_alphas():
-    model = tiny_llama()
+    model, threads = tiny_llama(), torch.get_num_threads()
     matrices = prunable_matrices(model)
     each = {m.name: matrix_alpha(m.weight) for m in matrices}
     per_block = block_alphas(model)
@@ -100,6 +100,7 @@ def test_block_alphas_are_plain_means_of_the_matrices_alphas():
             group = [each[m.name] for m in matrices if m.block == b and m.group == g]
             assert per_gene[2 * b + g] == pytest.approx(sum(group) / len(group))
     assert len(block_alphas(tiny_gpt2().model)) == 12  # Conv1D (transposed) layout too
+    assert torch.get_num_threads() == threads  # the single-threaded SVD gives the threads back
 
 
 def weighted_mean(rates, sizes):
