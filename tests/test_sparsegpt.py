@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from evoprune import EvopruneError, levels
-from evoprune.levels import LevelDatabase, LevelPruner, build, move_levels, snap_to_grid
+from evoprune.grid import move_levels, snap_to_grid
+from evoprune.levels import LevelDatabase, LevelPruner, build
 from evoprune.models import prunable_matrices, tiny_gpt2, tiny_llama
 from evoprune.pruning import count_for
 from evoprune.sparsegpt import HessianHooks, block_counts, block_masks, prune, prune_levels, prune_sequential

@@ -37,6 +37,7 @@ class Criterion:
     needs_calibration: bool = False     # score or pruner needs the calibration windows
     pruner: Callable | None = None      # a factory that replaces the score-order pruner (see the module docstring)
     help: str = ""
+    calibration: tuple[int, int] = (8, 1024)  # validation windows x tokens that calibrate it (and OWL's ratios)
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -72,3 +73,15 @@ def wanda_scores(matrix, norms: dict):
 register(Criterion("magnitude", magnitude_scores, help="|W|, compared across the whole matrix"))
 register(Criterion("wanda", wanda_scores, per_row=True, needs_calibration=True,
                    help="|W| x input-feature norm, compared within each output row"))
+
+
+def sparsegpt_pruner(model, name: str, genes_per_block: int, calibration):
+    """SparseGPT (Frantar & Alistarh, 2023) through a level database: every matrix reconstructed at each level of
+    a fixed grid from the dense model's inputs, built once per (model, calibration, grid) and reused from disk."""
+    from evoprune import levels  # the level database builds on the pruner, which reads this registry
+    return levels.LevelPruner(model, levels.build(model, calibration), genes_per_block)
+
+
+register(Criterion("sparsegpt", pruner=sparsegpt_pruner, needs_calibration=True, calibration=(32, 512),
+                   help="optimal-brain-surgeon reconstruction (SparseGPT) from a level database; rates on its grid "
+                        "0, 0.1, ..., 0.9"))

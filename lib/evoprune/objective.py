@@ -151,6 +151,7 @@ class ModelObjective:
         self.reuse = reuse
         self.study = spec.protocol == "study"
         self.tokens_per_window = spec.seq_len  # what the optimizer's budget counts per window scored
+        self.grid = getattr(pruner, "grid", None)  # a level database's grid: the optimizer moves between its levels
         self.dtype = perplexity.get_dtype(spec.dtype)
         if fitness_windows is not None:
             self.check_windows(fitness_windows)

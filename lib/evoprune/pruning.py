@@ -23,7 +23,6 @@ from evoprune.perplexity import count_forward
 
 GROUPS = ("attention", "mlp")
 GENES = {"block": 1, "group": 2}  # gene layouts: one rate per block, or an attention and an MLP rate per block
-CALIBRATION_WINDOWS = 8  # validation windows whose activations calibrate Wanda and OWL
 
 
 @torch.no_grad()

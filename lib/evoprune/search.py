@@ -235,15 +235,21 @@ class Search:
 
     def __init__(self, objective: Objective, sizes: Sequence[int], settings: Settings, out: Path | None = None,
                  progress: bool = False, rules: dict[str, list] | None = None, context: dict | None = None,
-                 tokens_per_window: int | None = None):
+                 tokens_per_window: int | None = None, grid: Sequence[float] | None = None):
         """``context``: what else defines the search (the fitness spec's fields), part of its identity;
-        ``tokens_per_window``: what a scored window costs, when the objective does not say (a worker pool)."""
+        ``tokens_per_window``: what a scored window costs, and ``grid``: the levels genes are restricted to (a
+        level database's), when the objective does not say (a worker pool)."""
         self.settings = settings
         self.config = {**settings.as_config(), **(context or {})}
         self.sizes = [int(s) for s in sizes]
         self.out = Path(out) if out is not None else None
         self.progress = progress
-        self.strategy = (Race(settings, self.sizes, rules) if settings.strategy == "race"
+        grid = grid if grid is not None else getattr(objective, "grid", None)
+        if grid is not None:
+            if settings.strategy != "race":
+                raise EvopruneError(f"this objective's genes are levels of a grid {list(grid)} (a level database): "
+                                    "search it with --strategy race, whose moves are level switches.")
+        self.strategy = (Race(settings, self.sizes, rules, grid) if settings.strategy == "race"
                          else STRATEGY_CLASSES[settings.strategy](settings, self.sizes))
         self.evaluator = Evaluator(objective, self.strategy.cache, tokens_per_window)
         self.rng = np.random.default_rng(settings.seed)
@@ -402,11 +408,11 @@ def as_sample(saved):
 
 def optimize(objective: Objective, sizes: Sequence[int], settings: Settings, out: Path | None = None,
              progress: bool = False, rules: dict[str, list] | None = None, context: dict | None = None,
-             tokens_per_window: int | None = None) -> Search:
+             tokens_per_window: int | None = None, grid: Sequence[float] | None = None) -> Search:
     """Run (or resume, from ``out``) a search on any objective ``f(genome, sample) -> float``; ``rules``: named
     genomes a race starts from besides uniform (the allocations that need no search); ``context``: the rest of
     the search's identity (``Search``)."""
-    return Search(objective, sizes, settings, out, progress, rules, context, tokens_per_window).run()
+    return Search(objective, sizes, settings, out, progress, rules, context, tokens_per_window, grid).run()
 
 
 def finished_result(out: Path, config: dict) -> dict | None:

@@ -12,12 +12,14 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from evoprune import EvopruneError, hardware, models, perplexity
+from evoprune import EvopruneError, alpha, hardware, models, perplexity
 from evoprune.data import HUB, local_file, portable_data
 from evoprune.objective import FitnessSpec, build_objective, identity, split_settings
+from evoprune.criteria import get_criterion
+from evoprune.grid import snap_to_grid
 from evoprune.provenance import provenance
 from evoprune.pruning import GENES, owl_rates, sensitivity_rates
-from evoprune.records import SearchRecord, Spent
+from evoprune.records import REPORTED_DTYPE, SearchRecord, Spent
 from evoprune.search import RESULT, Settings, finished_result, optimize
 from evoprune.session import Session
 
@@ -44,13 +46,52 @@ def protocol_record(test: dict, protocol: str, dtype: str) -> dict:
     return {"protocol": protocol, "split": "test", "dtype": dtype, "n_windows": test[f"{key}_windows"]}
 
 
-def rule_allocations(session: Session, target: float, genes: str, sensitivity: list[float] | None) -> dict[str, list]:
-    """The allocations that need no search at ``target``, per gene of the ``genes`` layout: OWL, and the
-    sensitivity ranking when a scan is given (uniform is always the race's first candidate)."""
+def rule_allocations(session: Session, target: float, genes: str, sensitivity: list[float] | None,
+                     criterion: str = "magnitude", dtype: str = REPORTED_DTYPE) -> dict[str, list]:
+    """The allocations that need no search at ``target``, per gene of the ``genes`` layout: OWL, AlphaPruning
+    (its epsilon chosen on validation for ``criterion``) and the sensitivity ranking when a scan is given (uniform
+    is always the race's first candidate)."""
     rules = {"OWL": owl_rates(session.outlier_ratios(), target)}
     if sensitivity is not None:
         rules["sensitivity"] = sensitivity_rates(sensitivity, target)
-    return {name: [rate for rate in rates for _ in range(GENES[genes])] for name, rates in rules.items()}
+    per_gene = {name: [rate for rate in rates for _ in range(GENES[genes])] for name, rates in rules.items()}
+    return {**per_gene, "AlphaPruning": alpha_allocation(session, target, GENES[genes], criterion, dtype)}
+
+
+ALPHA_WINDOWS = 4  # fixed validation windows of 1024 tokens on which AlphaPruning's epsilon is chosen
+
+
+def alpha_allocation(session: Session, target: float, genes_per_block: int, criterion: str, dtype: str) -> list[float]:
+    """AlphaPruning's rates at ``target`` with the epsilon of ``alpha.EPSILONS`` that gives the lowest validation
+    perplexity under ``criterion`` (never test); on a level grid (SparseGPT) each candidate is snapped to it."""
+    pruner = session.pruner(criterion, genes_per_block, dtype)
+    wins = perplexity.windows(session.tokens("validation").ids, 1024, ALPHA_WINDOWS)
+    sizes = pruner.gene_sizes()
+
+    def validation_ppl(rates: list[float]) -> float:
+        pruner.apply(on_grid(pruner, rates, target))
+        return perplexity.primary(pruner.model, wins, dtype=perplexity.get_dtype(dtype)).ppl
+
+    choice = alpha.best_epsilon(validation_ppl, session.block_alphas(genes_per_block), target, sizes=sizes)
+    session.restore()
+    return on_grid(pruner, choice.rates, target)
+
+
+def on_grid(pruner, rates: list[float], target: float) -> list[float]:
+    """``rates`` as the pruner can apply them: snapped to its level grid with the mean at ``target`` where it has
+    one (SparseGPT's level database), else unchanged."""
+    grid = getattr(pruner, "grid", None)
+    return snap_to_grid(rates, pruner.gene_sizes(), target, grid) if grid is not None else list(rates)
+
+
+def calibration_words(criterion: str, grid) -> dict | None:
+    """How a criterion was calibrated (validation windows x tokens) and, for a level database, its grid."""
+    chosen = get_criterion(criterion)
+    if not chosen.needs_calibration:
+        return None
+    n_windows, seq_len = chosen.calibration
+    return {"split": "validation", "windows": n_windows, "seq_len": seq_len,
+            **({"grid": [float(g) for g in grid]} if grid is not None else {})}
 
 
 def run_search(session: Session, settings: Settings, spec: FitnessSpec, out, progress: bool = True, objective=None,
@@ -70,9 +111,10 @@ def run_search(session: Session, settings: Settings, spec: FitnessSpec, out, pro
         for split in (spec.fitness_split, "test"):
             local_file(session.data, split)
     own = build_objective(session, spec, settings.fitness_windows)
-    rules = rule_allocations(session, settings.target, spec.genes, sensitivity) if settings.strategy == "race" else None
+    rules = (rule_allocations(session, settings.target, spec.genes, sensitivity, spec.criterion, spec.dtype)
+             if settings.strategy == "race" else None)
     found = optimize(objective or own, own.pruner.gene_sizes(), settings, out, progress, rules, spec.as_config(),
-                     own.tokens_per_window).outcome()
+                     own.tokens_per_window, own.grid).outcome()
     uniform = [settings.target] * own.pruner.n_genes
     start = found.start if "uniform" in found.start else {**found.start,
                                                           "uniform": own(uniform, settings.fitness_windows)}
@@ -91,6 +133,7 @@ def run_search(session: Session, settings: Settings, spec: FitnessSpec, out, pro
                   "test": session.tokens("test").provenance()},
             seed=settings.seed, dtype={"fitness": spec.dtype, "test": spec.test_dtype},
             dtype_decision=hardware.dtype_decision(), criterion=spec.criterion,
+            calibration=calibration_words(spec.criterion, own.grid),
             protocols={"fitness": fitness_protocol, "test_ppl": protocol_record(best, "primary", spec.test_dtype),
                        "study_ppl": protocol_record(best, "study", spec.test_dtype)}))
     record.write(out / RESULT)

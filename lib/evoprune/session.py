@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from evoprune import hardware, models, perplexity
+from evoprune import alpha, hardware, models, perplexity
 from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
 from evoprune.criteria import get_criterion
-from evoprune.pruning import CALIBRATION_WINDOWS, Pruner, build_pruner, genes_per_block, outlier_ratios
+from evoprune.pruning import Pruner, build_pruner, genes_per_block, outlier_ratios
 from evoprune.data import resolve_data
 from evoprune.measurements import MeasurementLog
 from evoprune.records import REPORTED_DTYPE
@@ -36,6 +36,7 @@ class Session:
         self._copies: dict[str, torch.nn.Module] = {}
         self._active: dict[int, tuple] = {}  # id(model) -> the pruner that last changed it
         self._outliers: list[float] | None = None
+        self._alphas: dict[int, list[float]] = {}
 
     @property
     def model(self) -> torch.nn.Module:
@@ -56,9 +57,11 @@ class Session:
             self._tokens[split] = load_tokens(self.tokenizer, data, part)
         return self._tokens[split]
 
-    def calibration(self) -> torch.Tensor:
-        """The validation windows that calibrate Wanda and OWL, the same for every criterion."""
-        return perplexity.windows(self.tokens("validation").ids, max_windows=CALIBRATION_WINDOWS)
+    def calibration(self, criterion: str = "wanda") -> torch.Tensor:
+        """The validation windows that calibrate a criterion (``Criterion.calibration``: Wanda and OWL share
+        theirs, SparseGPT's Hessians take more, shorter windows)."""
+        n_windows, seq_len = get_criterion(criterion).calibration
+        return perplexity.windows(self.tokens("validation").ids, seq_len, n_windows)
 
     def outlier_ratios(self) -> list[float]:
         """OWL's per-block outlier ratios of the dense model on the calibration windows, computed once."""
@@ -66,6 +69,14 @@ class Session:
             self.restore()
             self._outliers = outlier_ratios(self.model, self.calibration())
         return self._outliers
+
+    def block_alphas(self, genes_per_block: int = 1) -> list[float]:
+        """AlphaPruning's heavy-tail exponents of the dense model, per block (or per attention and MLP group),
+        computed once."""
+        if genes_per_block not in self._alphas:
+            self.restore()
+            self._alphas[genes_per_block] = alpha.block_alphas(self.model, genes_per_block)
+        return self._alphas[genes_per_block]
 
     # --- pruners ---
 
@@ -86,7 +97,7 @@ class Session:
             if dtype == REPORTED_DTYPE:
                 needs_calibration = get_criterion(criterion).needs_calibration
                 self._give_back(self.model)
-                calibration = self.calibration() if needs_calibration else None
+                calibration = self.calibration(criterion) if needs_calibration else None
                 self._pruners[key] = build_pruner(self.model, criterion, genes_per_block, calibration)
             else:
                 base = self.pruner(criterion, genes_per_block)

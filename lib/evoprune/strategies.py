@@ -9,7 +9,8 @@
   and children ((mu + lambda) elitism).
 * ``race`` (EvoPress-style (1 + lambda)) starts from the best of uniform and the rule allocations, races each
   generation's children through stages of fresh samples, and adapts the rate its moves shift to how often a
-  generation's best child beats the parent (``Race``).
+  generation's best child beats the parent (``Race``). On an objective whose genes are levels of a grid (a
+  SparseGPT level database, ``grid``), its starts are snapped to the grid and its moves are level switches.
 
 A strategy gets the search's ``Settings`` and the gene sizes; ``initial(search)`` and ``next_generation(search)``
 return (population, fitness), scoring through ``search.evaluator`` and ``search.score_all``.
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from evoprune.grid import move_levels, snap_to_grid
 
 if TYPE_CHECKING:
     from evoprune.search import Search, Settings
@@ -221,8 +224,9 @@ class Race:
     generations succeed (``adapt_step``)."""
     cache = True
 
-    def __init__(self, settings: Settings, sizes: Sequence[int], rules: dict[str, list] | None = None):
-        self.settings, self.sizes = settings, sizes
+    def __init__(self, settings: Settings, sizes: Sequence[int], rules: dict[str, list] | None = None,
+                 grid: Sequence[float] | None = None):
+        self.settings, self.sizes, self.grid = settings, sizes, grid
         self.rules = {"uniform": [settings.target] * len(sizes), **(rules or {})}
         self.start: dict[str, float] = {}  # each rule's fitness on generation 0's sample
         self.step = settings.step  # of the next generation's moves
@@ -232,7 +236,7 @@ class Race:
         the best becomes the parent."""
         s = self.settings
         names = list(self.rules)
-        candidates = [project(self.rules[name], self.sizes, s.target, s.g_max).tolist() for name in names]
+        candidates = [self.onto_target(self.rules[name]) for name in names]
         scores = search.evaluator.many(candidates, fresh_sample(s.seed, 0, s.stages - 1, s.stage_windows[-1]))
         self.start = dict(zip(names, scores))
         best = int(np.argmin(scores))
@@ -247,12 +251,26 @@ class Race:
             if len(children) == s.offspring:
                 break
             moves = int(draw_moves(rng) if draw_moves else rng.integers(1, s.max_moves + 1))
-            child = project(move_rates(parent, self.sizes, rng, self.step, moves, s.g_max), self.sizes, s.target,
-                            s.g_max)
+            child = self.mutate(parent, rng, moves)
             if genome_key(child) not in seen:
                 seen.add(genome_key(child))
-                children.append(child.tolist())
+                children.append(child)
         return children
+
+    def onto_target(self, genome) -> list[float]:
+        """A rule's genome at exactly the target: projected, or on a level grid snapped to its levels."""
+        s = self.settings
+        if self.grid is not None:
+            return snap_to_grid(genome, self.sizes, s.target, self.grid)
+        return project(genome, self.sizes, s.target, s.g_max).tolist()
+
+    def mutate(self, parent, rng: np.random.Generator, moves: int) -> list[float]:
+        """``moves`` rate moves at the current step, or on a level grid ``moves`` level switches."""
+        s = self.settings
+        if self.grid is not None:
+            return move_levels(parent, self.sizes, rng, moves, self.grid)
+        return project(move_rates(parent, self.sizes, rng, self.step, moves, s.g_max), self.sizes, s.target,
+                       s.g_max).tolist()
 
     def next_generation(self, search: "Search") -> tuple[list, list]:
         s = self.settings
@@ -274,7 +292,7 @@ class Race:
     def adapt_step(self, success: bool) -> None:
         """Rechenberg's 1/5 success rule: larger moves while children keep beating the parent, smaller ones when
         they stop (near an optimum, or where the samples' noise hides small gains). ``--step-rule fixed``: none."""
-        if self.settings.step_rule == "fixed":
+        if self.settings.step_rule == "fixed" or self.grid is not None:  # on a grid a move is one level
             return
         low, high = self.settings.step * STEP_RANGE[0], min(self.settings.step * STEP_RANGE[1], self.settings.g_max)
         self.step = float(np.clip(self.step * STEP_GROWTH ** (1.0 if success else -0.25), low, high))
