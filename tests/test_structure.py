@@ -3,7 +3,6 @@ side, every module stays small, and a criterion is one registered definition tha
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
