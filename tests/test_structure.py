@@ -3,7 +3,6 @@ side, every module stays small, and a criterion is one registered definition tha
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -75,3 +74,24 @@ def test_a_criterion_registered_once_is_a_choice_everywhere_and_prunes():
 def criterion_flag(parser, command: str):
     sub = parser._subparsers._group_actions[0].choices[command]
     return next(action for action in sub._actions if "--criterion" in action.option_strings)
+
+
+def test_a_criterion_may_bring_its_own_pruner_instead_of_a_score():
+    from evoprune import EvopruneError, criteria
+    from evoprune.models import tiny_gpt2
+    from evoprune.pruning import Pruner, build_pruner
+
+    made = []
+
+    def factory(model, name, genes_per_block, calibration):  # e.g. SparseGPT's reconstructed weights
+        made.append((name, genes_per_block))
+        return Pruner(model, "magnitude", genes_per_block, calibration)
+
+    criteria.register(criteria.Criterion("own-pruner", pruner=factory))
+    try:
+        pruner = build_pruner(tiny_gpt2().model, "own-pruner", 2)
+        assert made == [("own-pruner", 2)] and pruner.n_genes == 24
+    finally:
+        del criteria.CRITERIA["own-pruner"]
+    with pytest.raises(EvopruneError, match="not both"):
+        criteria.register(criteria.Criterion("both", score=criteria.magnitude_scores, pruner=factory))

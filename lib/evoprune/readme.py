@@ -65,7 +65,6 @@ reports, so its GA row is not held out, and GPT-2 is not the model above.
 def findings(summary: dict) -> str:
     """The README's measured findings in a few sentences, every number read from the summary."""
     dense, m = summary["dense"]["test_ppl"], summary["methods"]
-    uniform = {round(u["sparsity"], 6): u["test_ppl"] for u in summary["uniform"]}
     lines = []
     runs = main_group(summary)
     if runs:

@@ -100,6 +100,11 @@ def output_root() -> Path:
     return Path(os.environ.get(OUTPUT_ROOT_ENV) or ROOT).resolve()
 
 
+def in_reports(name: str) -> property:
+    """A fixed file or folder of ``reports/<profile>/``."""
+    return property(lambda paths: paths.reports / name)
+
+
 @dataclass(frozen=True)
 class ReportPaths:
     profile: str
@@ -110,32 +115,15 @@ class ReportPaths:
         return self.root / "reports" / self.profile
 
     @property
-    def tables(self) -> Path:
-        return self.reports / "tables"
-
-    @property
     def figures(self) -> Path:
         return self.root / "figures" / self.profile
 
-    @property
-    def executed(self) -> Path:
-        return self.reports / "executed"
-
-    @property
-    def timings(self) -> Path:
-        return self.reports / "timings.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.reports / "summary.json"
-
-    @property
-    def measurements(self) -> Path:
-        return self.reports / "measurements.jsonl"
-
-    @property
-    def report_md(self) -> Path:
-        return self.reports / "REPORT.md"
+    tables = in_reports("tables")
+    executed = in_reports("executed")
+    timings = in_reports("timings.json")
+    summary = in_reports("summary.json")
+    measurements = in_reports("measurements.jsonl")
+    report_md = in_reports("REPORT.md")
 
     def record(self, name: str) -> Path:
         return self.reports / f"{name}.json"
