@@ -468,7 +468,9 @@ Search budgets and what they bought (fitness in the dtype shown, on validation s
 
 def whole_run_words(summary: dict) -> str:
     """When the last run read every search back from an earlier run, what the searches took when they ran (their
-    ``wall_s``) and the whole run's time: notebooks plus searches. Empty otherwise (the notebooks' time is all)."""
+    ``wall_s``) and the whole run's time: notebooks plus searches. The block-removal GA counts with them (its
+    result, under the same ``search/``, is read back with theirs, uncounted). Empty unless every search was read
+    back (then the notebooks' time is all)."""
     prov, m = summary["provenance"], summary["methods"]
     searches = summary["ga"] + [r for r in m["rows"] if "wall_s" in r]
     read_back = sum(b.get("searches", 0) for b in prov.get("notebook_read_back", {}).values())
