@@ -8,8 +8,7 @@ import numpy as np
 
 from evoprune import EvopruneError
 from evoprune.records import ROOT, markdown_table, read_json, report_paths
-from evoprune.report import (budget_words, claims_section, downstream_section, fitness_section, methods_table,
-                             results_table, run_words, seeds_section, study_table, wanda_targets)
+from evoprune.report import budget_words, results_table, run_words
 from evoprune.stats import main_group
 
 README = ROOT / "README.md"
@@ -17,49 +16,44 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def readme_section(summary: dict) -> str:
-    """The README's results, generated from summary.json so every number there equals the one in the file."""
+    """The README's headline results, generated from summary.json so every number there equals the one in the
+    file; every other table of the run is in REPORT.md."""
     profile, windows = summary["profile"], summary["protocol"]["test_windows"]
     return f"""{BEGIN}
-<!-- generated from reports/{profile}/summary.json by `make readme`; edit report.readme_section, not this -->
+<!-- generated from reports/{profile}/summary.json by `make readme`; edit readme.readme_section, not this -->
 Model `{summary['model']}`, profile `{profile}`; all perplexities on the WikiText-2 **test** split in
 {summary['protocol']['reported_dtype']}: *primary* = the first {windows['primary']} non-overlapping 1024-token
 windows, *study protocol* = {windows['study']} windows drawn as the study drew its 128. GA fitness was computed on
-the validation split unless the row says otherwise, so these test numbers are held out. Budgets and provenance:
-[reports/{profile}/REPORT.md](reports/{profile}/REPORT.md).
+the validation split unless the row says otherwise, so these test numbers are held out. The run's other tables
+(targets as measured, seeds, KL fitness, a second text, downstream accuracy, criteria x allocations, block
+removal, export), its budgets and provenance: [reports/{profile}/REPORT.md](reports/{profile}/REPORT.md).
 
 {markdown_table(results_table(summary))}
 Search budgets and what they bought (fitness in the dtype shown, on validation samples unless said):
 
 {search_lines(summary)}
 
-{findings(summary)}
+{findings(summary)}{whole_run_words(summary)}
 
-{claims_section(summary, "###")}
-{seeds_section(summary, "###")}
-{fitness_section(summary, "###")}
-Generalization, on a second text no fitness saw (`python-docs`):
-
-{markdown_table(summary["generalization"])}
-{downstream_section(summary, "###")}
 ![Figure 1](figures/{profile}/figure1.png)
 ![Figure 2](figures/{profile}/figure2_layer_profile.png)
-
-Beyond the study: criteria (magnitude, Wanda) x allocations (uniform, OWL, sensitivity-ranked, one global
-threshold, the GA at a small budget: {budget_words(summary['methods'].get('budget'))}), test perplexity in
-{summary['methods']['dtype']} on the first
-{summary['methods']['test_windows']} test windows (dense {summary['methods']['dense_ppl']:.4g} there). Whole-block
-removal and the export round trip are in the report.
-
-{markdown_table(methods_table(summary))}
-{wanda_targets(summary)}.
-
-![Figure 3](figures/{profile}/figure3_methods.png)
-
-The study's **published** GPT-2 numbers, for reference only: its GA was scored on the same test windows it
-reports, so its GA row is not held out, and GPT-2 is not the model above.
-
-{markdown_table(study_table())}
 {END}"""
+
+
+def whole_run_words(summary: dict) -> str:
+    """When the last run read every search back from an earlier run, what the searches took when they ran (their
+    ``wall_s``) and the whole run's time: notebooks plus searches. The block-removal GA counts with them (its
+    result, under the same ``search/``, is read back with theirs, uncounted). Empty unless every search was read
+    back (then the notebooks' time is all)."""
+    prov, m = summary["provenance"], summary["methods"]
+    searches = summary["ga"] + [r for r in m["rows"] if "wall_s" in r]
+    read_back = sum(b.get("searches", 0) for b in prov.get("notebook_read_back", {}).values())
+    if not searches or read_back != len(searches):
+        return ""
+    search_s = sum(r["wall_s"] for r in searches) + m.get("removal_ga", {}).get("wall_s", 0.0)
+    total = sum(prov["notebook_wall_s"].values()) + search_s
+    return (f"\nThe run's {len(searches)} searches and its block-removal GA took {search_s / 60:.1f} min when they "
+            f"ran (their `wall_s`), so the whole run took {total / 60:.1f} min.")
 
 
 def findings(summary: dict) -> str:
@@ -139,7 +133,7 @@ def bench_section(bench: dict) -> str:
               f"{figures['prefix_search']['generations']} generations), best of two runs each way; the reusing runs "
               f"skipped {figures['prefix_blocks_skipped']:.1%} of their block forwards.\n")
     return f"""{BENCH_BEGIN}
-<!-- generated from reports/bench.json by `make readme`; edit report.bench_section, not this -->
+<!-- generated from reports/bench.json by `make readme`; edit readme.bench_section, not this -->
 `make bench` at commit `{bench['provenance']['git_commit'][:12]}` on {hardware['cpu']} ({hardware['cores']} cores,
 {figures['threads']} threads, CPU capability {figures['cpu_capability']}); `auto` chose {figures['chosen_dtype']}
 (median matmul peaks {figures['matmul_peak_gflops_bfloat16']:.0f} GFLOP/s bf16, {figures['matmul_peak_gflops_float32']:.0f}
