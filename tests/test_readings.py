@@ -7,7 +7,8 @@ from evoprune import readings
 
 STUDY = {"model": "gpt2", "dense_ppl": 30.0,
          "uniform": [{"sparsity": 0.3, "ppl": 45.0}, {"sparsity": 0.45, "ppl": 240.0}],
-         "ga": {"target": 0.45, "ppl": 120.0, "genome": [0.4, 0.5]}}
+         "ga": {"target": 0.45, "ppl": 120.0, "genome": [0.4, 0.5], "population": 20, "generation": 43,
+                "generations": 50}}
 
 
 def search_result(run="race", strategy="race", test_ppl=80.0, split="validation", **extra):
@@ -18,6 +19,12 @@ def search_result(run="race", strategy="race", test_ppl=80.0, split="validation"
             "test_ppl": test_ppl,
             "study_ppl": 90.0, "evaluations": 120, "forward_tokens": 245760, "wall_s": 12.0, "config": config,
             "min_sparsity": 0.45, "uniform": {"test_ppl": 160.0}, "uniform_at_target": {"test_ppl": 160.0}, **extra}
+
+
+def test_published_study_reads_its_ga_against_uniform():
+    text = readings.published_study(STUDY)
+    assert "120 for its GA at 45%" in text and "generation 43 of 50" in text and "240 for uniform" in text
+    assert "(0.50x)" in text and "30 dense" in text
 
 
 def test_dense_reads_both_protocols_and_the_study():
@@ -149,7 +156,7 @@ def test_headline_profiles_and_findings_read_the_summary():
                         config={"target": 0.45, "strategy": "race", "seed": 1})]
     s = summary(ga)
     text = readings.headline(s, STUDY)
-    assert "averages **80**" in text and "**0.50x uniform**" in text and "120 for its GA at 45% against 240" in text
+    assert "averages **80**" in text and "**0.50x uniform**" in text and "120 for its GA at 45%" in text and "against 240" in text
     s["seeds"] = [{"search": "race-s0 (2 seeds)", "profile_rho_mean": 0.5, "profile_rho_min": 0.4, "test_ppl_min": 70.0,
                    "test_ppl_max": 90.0}]
     profile = readings.profiles(s, shown=1)  # an attention and an MLP rate per block

@@ -27,6 +27,11 @@ def words(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def n_windows(n: int, noun: str = "window") -> str:
+    """'1 window', '16 windows'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def pct(x: float) -> str:
     return f"{x:.0%}"
 
@@ -37,12 +42,23 @@ def condition(ratio_to_dense: float) -> str:
     return "degraded" if ratio_to_dense <= DEGRADED else "collapsed"
 
 
+def published_study(study: dict) -> str:
+    """The study's own result (``data/study_published.json``): its GA against uniform at the GA's target."""
+    ga = study["ga"]
+    uniform = {round(u["sparsity"], 6): u["ppl"] for u in study["uniform"]}[round(ga["target"], 6)]
+    return (f"The published study ({study['model']}) reported a perplexity of {ppl(ga['ppl'])} for its GA at "
+            f"{pct(ga['target'])} (population {ga['population']}, best found in generation {ga['generation']} of "
+            f"{ga['generations']}) against {ppl(uniform)} for uniform pruning at the same sparsity "
+            f"({times(ga['ppl'], uniform)}) and {ppl(study['dense_ppl'])} dense, all on the test windows its GA "
+            f"was scored on.")
+
+
 # --- 01: the dense model and its blocks ----------------------------------------------------------------------
 
 def dense(dense: dict, study: dict) -> str:
     """``baseline.json``'s ``dense`` against the study's own dense figure."""
-    return (f"The dense model's test perplexity is **{ppl(dense['test_ppl'])}** on {dense['test_windows']} windows "
-            f"of the primary protocol and **{ppl(dense['study_ppl'])}** on {dense['study_windows']} windows of the "
+    return (f"The dense model's test perplexity is **{ppl(dense['test_ppl'])}** on {n_windows(dense['test_windows'])} "
+            f"of the primary protocol and **{ppl(dense['study_ppl'])}** on {n_windows(dense['study_windows'])} of the "
             f"study's protocol. Every later number is read against these two. For scale only: the study's "
             f"{study['model']} scored {ppl(study['dense_ppl'])} under its protocol (another model, not comparable "
             f"one to one).")
@@ -130,7 +146,7 @@ def block_removal(removal: dict) -> str:
     timed = next(d for d in removal["depths"] if d["removed"] == best["removed"])
     text = (f"Removing one whole block of {removal['dense_blocks']}: the best choice, block {best['removed'][0]}, "
             f"gives {ppl(best['test_ppl'])} against {ppl(dense_row['test_ppl'])} dense "
-            f"({times(best['test_ppl'], dense_row['test_ppl'])}; {removal['test_windows']} test windows, "
+            f"({times(best['test_ppl'], dense_row['test_ppl'])}; {n_windows(removal['test_windows'], 'test window')}, "
             f"{removal['dtype']}); the worst, block {worst['removed'][0]}, {ppl(worst['test_ppl'])}. Without it "
             f"a generated token takes {timed['ms_per_token']:.1f} ms against {dense_row['ms_per_token']:.1f} ms "
             f"(median of interleaved rounds, float32)"
@@ -192,7 +208,7 @@ def versus(ratio: float) -> str:
 def generalization(rows: list[dict]) -> str:
     """``ga.json``'s ``generalization``: each search against uniform and the rules on a text no fitness saw."""
     head = rows[0]
-    lines = [f"On `{head['text']}` ({head['n_windows']} windows), a text that no fitness ever scored:"]
+    lines = [f"On `{head['text']}` ({n_windows(head['n_windows'])}), a text that no fitness ever scored:"]
     for r in rows:
         rules_seen = [k[len("ga_over_"):] for k in r if k.startswith("ga_over_") and k != "ga_over_uniform"]
         line = (f"- `{r['run']}` {versus(r['ga_over_uniform'])} uniform at the same sparsity "
@@ -209,8 +225,8 @@ def overfitting(rows: list[dict]) -> str:
     """``ga.json``'s ``overfitting``: gain over uniform on the fitness split against gain on test."""
     parts = [f"`{o['run']}` {o['fitness_split_ratio']:.2f}x on {o['split']}, {o['test_ratio']:.2f}x on test "
              f"(ratio {o['fitness_split_over_test']:.2f})" for o in rows]
-    return (f"Each search's perplexity over uniform's at the same sparsity, on the first {rows[0]['windows']} "
-            f"windows of the split its fitness came from and on test: {'; '.join(parts)}. A ratio near 1 means the "
+    return (f"Each search's perplexity over uniform's at the same sparsity, on the first "
+            f"{n_windows(rows[0]['windows'])} of the split its fitness came from and on test: {'; '.join(parts)}. A ratio near 1 means the "
             f"gain carries over to text the search never scored; well below 1, it learnt its fitness data.")
 
 
@@ -236,7 +252,7 @@ def method_searches(rows: list[dict]) -> str:
              f"{ppl(r['uniform_fitness'])} ({times(r['fitness'], r['uniform_fitness'])}), test {ppl(r['test_ppl'])}"
              for r in rows]
     return ("One smaller search per criterion and target (validation fitness; test on the methods table's "
-            f"{rows[0]['test_windows']} windows, {rows[0]['dtype']}): " + "; ".join(parts)
+            f"{n_windows(rows[0]['test_windows'])}, {rows[0]['dtype']}): " + "; ".join(parts)
             + ". Notebook 04 sets each cell against the rules of notebook 02 (Figure 3).")
 
 
@@ -245,7 +261,7 @@ def removal_search(removal_ga: dict) -> str:
     test, k = removal_ga["test"], removal_ga["settings"]["k"]
     return (f"The removal GA's best set of {k} blocks, {words([str(b) for b in removal_ga['removed']])} "
             f"({removal_ga['evaluations']} evaluations), gives a test perplexity of {ppl(test['test_ppl'])} "
-            f"({test['test_windows']} windows, {test['dtype']}) with {test['blocks']} blocks and "
+            f"({n_windows(test['test_windows'])}, {test['dtype']}) with {test['blocks']} blocks and "
             f"{test['parameters']:,} parameters: {test['ms_per_token']:.1f} ms per generated token against "
             f"{test['dense_ms_per_token']:.1f} ms dense.")
 
@@ -255,7 +271,7 @@ def exports(rows: list[dict]) -> str:
     parts = [f"`{r['dir'].rsplit('/', 1)[-1]}`: {ppl(r['ppl'])} before, {ppl(r['ppl_reloaded'])} after "
              f"({'the same' if r['same_ppl'] else 'different'})" for r in rows]
     return ("Saved as Hugging Face directories and reloaded with `AutoModelForCausalLM`, test perplexity "
-            f"(float32, {rows[0]['test_windows']} windows): {'; '.join(parts)}.")
+            f"(float32, {n_windows(rows[0]['test_windows'])}): {'; '.join(parts)}.")
 
 
 def downstream(rows: list[dict]) -> str:
@@ -297,13 +313,7 @@ def headline(summary: dict, study: dict) -> str:
                      f"{len(runs)} run{'s' if len(runs) > 1 else ''}) averages **{ppl(avg)}**: "
                      f"{times(avg, dense_ppl)} dense and **{times(avg, uniform)} uniform** at the same sparsity "
                      f"({ppl(uniform)}, {condition(uniform / dense_ppl)}).")
-    ga = study["ga"]
-    theirs = {round(u["sparsity"], 6): u["ppl"] for u in study["uniform"]}
-    if round(ga["target"], 6) in theirs:
-        lines.append(f"- The study reported {ppl(ga['ppl'])} for its GA at {pct(ga['target'])} against "
-                     f"{ppl(theirs[round(ga['target'], 6)])} uniform "
-                     f"({times(ga['ppl'], theirs[round(ga['target'], 6)])}), scored on the windows it optimized on.")
-    return "\n".join(lines)
+    return "\n".join(lines + ["- " + published_study(study)])
 
 
 def profiles(summary: dict, shown: int = 3) -> str:
@@ -346,7 +356,7 @@ def methods(summary: dict) -> str:
             best = min((k for k in found if k != "GA"), key=found.get)
             lines.append(f"{criterion} {pct(target)}: GA {times(found['GA'], m['dense_ppl'])} dense, "
                          f"{times(found['GA'], found[best])} the best rule ({best})")
-    return (f"Test perplexity on {m['test_windows']} windows ({m['dtype']}), dense {ppl(m['dense_ppl'])}: "
+    return (f"Test perplexity on {n_windows(m['test_windows'])} ({m['dtype']}), dense {ppl(m['dense_ppl'])}: "
             + "; ".join(lines) + ".")
 
 
@@ -357,8 +367,8 @@ def protocol(summary: dict) -> str:
                 for run, s in p["search"].items()]
     held = all(s["fitness_split"] != p["reported_split"] for s in p["search"].values())
     return (f"- Reported: the **{p['reported_split']}** split, {p['reported_dtype']}.\n"
-            f"- *primary*: {p['primary']}; the first {windows['primary']} windows.\n"
-            f"- *study*: {p['study']}; {windows['study']} windows.\n"
+            f"- *primary*: {p['primary']}; the first {n_windows(windows['primary'])}.\n"
+            f"- *study*: {p['study']}; {n_windows(windows['study'])}.\n"
             f"- Search fitness: {'; '.join(searches)}. "
             + ("No search ever scored a test window, so every search's test number is held out."
                if held else "A search whose fitness is on test is scored on its own fitness data (as published)."))
