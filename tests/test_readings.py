@@ -27,6 +27,10 @@ def test_published_study_reads_its_ga_against_uniform():
     assert "(0.50x)" in text and "30 dense" in text
 
 
+def test_ratios_keep_a_difference_that_two_decimals_would_hide():
+    assert (readings.times(1, 2), readings.times(0.996, 1), readings.times(3, 3)) == ("0.50x", "0.996x", "1.00x")
+
+
 def test_dense_reads_both_protocols_and_the_study():
     text = readings.dense({"test_ppl": 25.05, "test_windows": 64, "study_ppl": 27.31, "study_windows": 16}, STUDY)
     assert all(s in text for s in ("25.05", "64 windows", "27.31", "16 windows", "30"))
@@ -165,6 +169,7 @@ def test_headline_profiles_and_findings_read_the_summary():
     found = readings.findings(s, STUDY)
     assert "0.50x uniform (mean over its runs)" in found and "carries over" in found and "0.90" in found
     assert readings.claims(s["claims"]) == "1 of the 2 targets are met. Missed: y / rule (0.90, target ≤ 0.8)."
+    assert readings.claims(s["claims"], listed=0) == "1 of the 2 targets are met."
     assert "magnitude 45%: GA 3.00x dense, 0.60x the best rule (uniform)" in readings.methods(s)
     assert "every search's test number is held out" in readings.protocol(s)
 

@@ -18,8 +18,9 @@ def ppl(x: float) -> str:
 
 
 def times(a: float, b: float) -> str:
-    """``a`` as a multiple of ``b``: '0.45x'."""
-    return f"{a / b:.2f}x"
+    """``a`` as a multiple of ``b``: '0.45x'; a third decimal where two would round a difference away."""
+    ratio = a / b
+    return f"{ratio:.3f}x" if ratio != 1 and f"{ratio:.2f}" == "1.00" else f"{ratio:.2f}x"
 
 
 def words(items: list[str]) -> str:
@@ -338,14 +339,17 @@ def profiles(summary: dict, shown: int = 3) -> str:
     return "\n".join(lines)
 
 
-def claims(rows: list[dict]) -> str:
-    """``summary.json``'s ``claims``: how many of the targets set for the study are met, and which are not."""
+def claims(rows: list[dict], listed: int = 4) -> str:
+    """``summary.json``'s ``claims``: how many of the targets set for the study are met, and which are not (named
+    when at most ``listed`` are missed)."""
     judged = [c for c in rows if c["met"] is not None]
     if not judged:
         return "No targets to judge in this profile."
     missed = [f"{c['what']} ({c['measured']:.2f}, target {c['target']})" for c in judged if not c["met"]]
     text = f"{len(judged) - len(missed)} of the {len(judged)} targets are met."
-    return text + (" Missed: " + "; ".join(missed) + "." if missed else "")
+    if not missed or len(missed) > listed:
+        return text
+    return text + " Missed: " + "; ".join(missed) + "."
 
 
 def methods(summary: dict) -> str:
@@ -390,5 +394,5 @@ def findings(summary: dict, study: dict) -> str:
     if over:
         lines.append(f"- Its gain over uniform on its fitness split against its gain on test: {mean(over):.2f} "
                      f"(1 = all of it carried over).")
-    lines.append(f"- Targets: {claims(summary.get('claims', []))}")
+    lines.append(f"- Targets: {claims(summary.get('claims', []), listed=0)} (the table above says which).")
     return "\n".join(lines)
