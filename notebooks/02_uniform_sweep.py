@@ -14,14 +14,19 @@
 # ---
 
 # %% [markdown]
-# # 02 · Sweeps that need no search
-# 1. Every block pruned to the same rate, 0% to `sweep_max` in steps of `sweep_step`; test perplexity under both
-#    protocols (float32). This is the study's "cliff" curve.
-# 2. Beyond the study: at each of `method_targets`, for each of `method_criteria` (magnitude, Wanda), the
-#    allocations that need no search: uniform, OWL, sensitivity-ranked (from 01's scan) and one global magnitude
-#    threshold; then whole blocks physically removed, one at a time (and every pair for models of <= 12 blocks).
-#    Allocations measured in `method_dtype` on the first `method_windows` test windows, block removal in `dtype`
-#    on the first `removal_windows`; primary protocol.
+# # 02 · What pruning costs without a search
+# Before any search: how bad is pruning every block alike (the study's "cliff"), and how much of the gap do the
+# allocations that need no search close? These are the numbers a search must beat to be worth its cost.
+#
+# 1. **The uniform sweep**: every block pruned to the same rate, 0% to `sweep_max` in steps of `sweep_step`;
+#    test perplexity under both protocols, float32 (the study's published curve beside it).
+# 2. **Beyond the study: the rules**, at each of `method_targets` and for each of `method_criteria` (magnitude;
+#    Wanda, which scales each weight by its input's activation norm): *uniform*; *OWL* (more sparsity where a
+#    block has fewer outlier activations); the *sensitivity ranking* (from 01's scan); and one *global* magnitude
+#    threshold (magnitude only). Measured in `method_dtype` on the first `method_windows` test windows, primary
+#    protocol.
+# 3. **Beyond the study: whole blocks removed**, one at a time (and every pair for models of <= 12 blocks), in
+#    `dtype` on the first `removal_windows` test windows; latency in float32.
 #
 # Reads `baseline.json` (01). Writes `uniform_sweep.json`, `allocations.json`,
 # `tables/{uniform_sweep,allocations,block_removal}` and `figures/<profile>/uniform_sweep.png`.
@@ -43,25 +48,67 @@ method_windows = 1  # first test windows of the allocation numbers
 removal_windows = 1  # first test windows of the block-removal numbers
 
 # %%
-from IPython.display import Image, Markdown
+from IPython.display import Image, Markdown, display
 
-from evoprune import experiments, plots, report, records
+from evoprune import experiments, hardware, plots, readings, records, stats
 
 paths = records.report_paths(profile)
 session = experiments.open_session(model, data, paths)
-
-# %%
-sweep = experiments.uniform_sweep(session, paths, criterion, test_windows, sweep_max, sweep_step, study_windows)
-Image(plots.save_figure(plots.uniform_curve(sweep, model), paths.figure("uniform_sweep")))
+study = records.study_published()
 
 # %% [markdown]
-# ## Allocations that need no search, per criterion, and whole blocks removed
+# ## Step 1: the uniform sweep
+# Each point is the same rate in every block, test split, both protocols, float32.
 
 # %%
-methods = experiments.methods_without_search(session, paths, method_targets, method_criteria, method_windows, dtype,
-                                             method_dtype, removal_windows)
-Markdown(records.markdown_table(report.pivot(methods["rows"])) + "\n"
-         + records.markdown_table(methods["block_removal"]["depths"]))
+sparsities = experiments.sweep_points(sweep_max, sweep_step)
+sweep = []
+for s in sparsities:
+    measured = session.reported(s, criterion, test_windows, study_windows=study_windows)
+    sweep.append({"sparsity": s, "criterion": criterion, **{k: v for k, v in measured.items() if k != "genome"}})
+session.restore()
+display(Image(plots.save_figure(plots.uniform_curve(sweep, model), paths.figure("uniform_sweep"))))
+display(Markdown(readings.uniform_sweep(sweep, study)))
 
 # %%
+records.write_table(sweep, paths.table("uniform_sweep"))
+experiments.record(paths, "uniform_sweep", "02_uniform_sweep", session, {"rows": sweep}, criterion=criterion,
+                   test_windows=test_windows, study_windows=study_windows, sparsities=sparsities,
+                   reported_dtype=records.REPORTED_DTYPE);
+
+# %% [markdown]
+# ## Step 2 (beyond the study): the rules, per criterion and target
+# Every allocation here has exactly the target's block sparsity (the global threshold: one cut over all
+# blocks' weights). Dense is measured on the same windows and dtype, so every cell reads as a multiple of it.
+
+# %%
+dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
+allocations = experiments.allocation_sweep(session, method_targets, method_criteria,
+                                           experiments.sensitivity_ppl(paths), method_windows, method_dtype)
+session.restore()
+dense = session.measure(session.pruner("magnitude", 1, method_dtype), "primary", method_windows, method_dtype)
+display(Markdown(records.markdown_table(stats.pivot(allocations))))
+display(Markdown(readings.allocations(allocations, dense.ppl)))
+
+# %% [markdown]
+# ## Step 3 (beyond the study): whole blocks removed
+# Zeroed weights keep a model's size and speed; a removed block saves both. The perplexity cost of each block
+# removed, and the latency of the model without the best one(s).
+
+# %%
+removals = experiments.block_removals(session, removal_windows or method_windows, dtype)
+display(Markdown(records.markdown_table(removals["depths"])))
+display(Markdown(readings.block_removal(removals)))
+
+# %% [markdown]
+# ## Record
+
+# %%
+records.write_table(allocations, paths.table("allocations"))
+records.write_table(removals["single"] + (removals["pairs"] or []), paths.table("block_removal"))
+experiments.record(paths, "allocations", "02_uniform_sweep", session,
+                   {"rows": allocations, "dense_ppl": dense.ppl, "block_removal": removals},
+                   targets=method_targets, criteria=method_criteria, test_windows=method_windows, dtype=method_dtype,
+                   removal_dtype=dtype, removal_windows=removals["test_windows"],
+                   dtype_decision=hardware.dtype_decision())
 experiments.finish(paths, "02_uniform_sweep", session)

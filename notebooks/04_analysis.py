@@ -14,11 +14,12 @@
 # ---
 
 # %% [markdown]
-# # 04 · Analysis
-# Reads the records of notebooks 01–03 from `reports/<profile>/` (no model runs unless `interactive`) and writes
-# Figure 1 (uniform curve, GA results, the study's published points), Figure 2 (layer-wise profiles), Figure 3
-# (criteria x allocations and block removal), the results table in the study's format, `summary.json` and
-# `REPORT.md`.
+# # 04 · Analysis: what the study found
+# Reads the records of notebooks 01–03 from `reports/<profile>/` (no model runs unless `interactive`) and puts
+# the study together: the protocol every number was measured under; Figure 1 (uniform pruning, the searches and
+# the study's published points); Figure 2 (where the searches prune); Figure 3 (criteria x allocations and block
+# removal); the results table in the study's format; the targets set for the study, as measured; then
+# `summary.json` and `REPORT.md`.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -33,7 +34,7 @@ dtype = "auto"  # of the panel's live perplexity (auto: bfloat16 where measured 
 # %%
 from IPython.display import Image, Markdown, display
 
-from evoprune import plots, records, report, stats
+from evoprune import plots, readings, records, report, stats
 
 paths = records.report_paths(profile)
 loaded = report.load_records(paths)
@@ -42,41 +43,74 @@ study = records.study_published()
 print(f"reports: {paths.reports}")
 
 # %% [markdown]
-# ## Figure 1: perplexity against sparsity
+# ## The protocol
+# What every number below was measured on: the splits, the windows, the dtypes, and where each search's fitness
+# came from.
 
 # %%
-Image(plots.save_figure(plots.figure1(summary["uniform"], stats.seed_groups(summary["ga"]), study, summary["model"]),
-                        paths.figure("figure1")))
+display(Markdown(readings.protocol(summary)))
 
 # %% [markdown]
-# ## Figure 2: layer-wise pruning profiles (a search over several seeds: their mean and range)
+# ## Figure 1: perplexity against sparsity
+# Uniform pruning under both protocols, each search's result (a search over several seeds: its mean and range),
+# and the study's published GPT-2 points (its protocol, its GA scored on the windows it optimized on).
+
+# %%
+display(Image(plots.save_figure(plots.figure1(summary["uniform"], stats.seed_groups(summary["ga"]), study,
+                                              summary["model"]), paths.figure("figure1"))))
+display(Markdown(readings.headline(summary, study)))
+
+# %% [markdown]
+# ## Figure 2: where the searches prune
+# Each search's best rates per block (a search over several seeds: their mean and range; attention and MLP apart
+# when the genes are per group), against the target and the study's own GA genome when the block counts match.
 
 # %%
 n_genes = len(summary["ga"][0]["genome"])
-Image(plots.save_figure(
+display(Image(plots.save_figure(
     plots.layer_profile(stats.layer_profiles(summary), summary["ga"][0]["min_sparsity"],
                         study["ga"]["genome"] if n_genes == len(study["ga"]["genome"]) else None),
-    paths.figure("figure2_layer_profile")))
+    paths.figure("figure2_layer_profile"))))
+display(Markdown(readings.profiles(summary)))
 
 # %% [markdown]
-# ## Figure 3: criteria, allocations and block removal (beyond the study)
+# ## Figure 3 (beyond the study): criteria, allocations and block removal
+# Test perplexity per criterion, allocation and target (02's rules beside 03's search at every cell), and the
+# whole-block removals: the share of blocks gone against perplexity.
 
 # %%
 methods = summary["methods"]
-Image(plots.save_figure(plots.methods(methods["rows"], methods["removal_points"], methods["dense_ppl"],
-                                      summary["model"]), paths.figure("figure3_methods")))
-
-# %%
-Markdown(records.markdown_table(report.methods_table(summary)) + "\n" + report.wanda_targets(summary) + "\n\n"
-         + records.markdown_table(report.removal_table(summary)))
+display(Image(plots.save_figure(plots.methods(methods["rows"], methods["removal_points"], methods["dense_ppl"],
+                                              summary["model"]), paths.figure("figure3_methods"))))
+display(Markdown(records.markdown_table(report.methods_table(summary)) + "\n" + report.wanda_targets(summary) + "\n\n"
+                 + records.markdown_table(report.removal_table(summary))))
+display(Markdown(readings.methods(summary)))
 
 # %% [markdown]
-# ## Results table
+# ## The results table
+# In the study's format (Method | Target sparsity | Perplexity | Status), with both protocols. Status: up to
+# 1.5x dense "near dense", up to 4x "degraded", above "collapsed".
 
 # %%
 table = report.results_table(summary)
 records.write_table(table, paths.table("results"))
 Markdown(records.markdown_table(table))
+
+# %% [markdown]
+# ## The targets set for the study, as measured
+# The main search (mean over its seeds) against uniform and the best rule at its target, on test and on the
+# second held-out text; how much of its gain on the fitness split held on test; and each methods cell against the
+# best rule there.
+
+# %%
+display(Markdown(records.markdown_table(summary["claims"]) if summary["claims"] else "no targets in this profile"))
+display(Markdown(readings.claims(summary["claims"])))
+
+# %% [markdown]
+# ## Findings
+
+# %%
+display(Markdown(readings.findings(summary, study)))
 
 # %%
 records.write_json(paths.summary, summary)

@@ -3,7 +3,7 @@ the export round trip, as the notebooks call them."""
 import pytest
 import torch
 
-from evoprune import EvopruneError, experiments
+from evoprune import EvopruneError, experiments, search_runs
 from evoprune.models import blocks
 from evoprune.records import SearchRecord, Spent
 from evoprune.hardware import resolve_dtype
@@ -54,13 +54,13 @@ def test_block_removal_tables_and_depths(setup):
 
 def test_removal_run_removes_k_blocks_and_is_read_back(setup, tmp_path, monkeypatch):
     budget = {"population": 4, "generations": 2, "fitness_windows": 1, "test_windows": 1, "dtype": FAST}
-    result = experiments.removal_run(setup, 3, tmp_path, **budget)
+    result = search_runs.removal_run(setup, 3, tmp_path, **budget)
     assert len(result.genome) == 3 and result.test["blocks"] == 9
     import evoprune.removal
     monkeypatch.setattr(evoprune.removal, "removal_search", lambda *a, **k: pytest.fail("recomputed"))
-    assert experiments.removal_run(setup, 3, tmp_path, **budget) == result
+    assert search_runs.removal_run(setup, 3, tmp_path, **budget) == result
     with pytest.raises(EvopruneError, match="different"):
-        experiments.removal_run(setup, 4, tmp_path, **budget)
+        search_runs.removal_run(setup, 4, tmp_path, **budget)
 
 
 def test_export_round_trip_gives_the_same_perplexity(setup, tmp_path):

@@ -59,7 +59,8 @@ def test_summary_validates_and_covers_both_strategies(smoke):
     held_out = summary["generalization"]
     assert [g["run"] for g in held_out] == RUNS and all(g["text"] == "python-docs" for g in held_out)
     assert all("ga_over_sensitivity" in g for g in held_out if g["run"] != "published")
-    assert {(r["method"], r["target"]) for r in summary["rules"]} == {(m, 0.45) for m in ("uniform", "OWL", "sensitivity")}
+    rules = ("uniform", "OWL", "sensitivity", "AlphaPruning")
+    assert {(r["method"], r["target"]) for r in summary["rules"]} == {(m, 0.45) for m in rules}
     assert [o["run"] for o in summary["overfitting"]] == RUNS
     assert any(c["what"].endswith("/ uniform, test") for c in summary["claims"])
 

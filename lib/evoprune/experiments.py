@@ -17,8 +17,7 @@ from evoprune.provenance import provenance
 from evoprune.pruning import global_magnitude_counts, owl_rates, sensitivity_rates
 from evoprune.records import (REPORTED_DTYPE, ReportPaths, SearchRecord, read_json, record_tokens, write_json,
                               write_table)
-from evoprune.search_runs import (ga_row, read_back, removal_latency, removal_ppl, removal_run, rule_allocations,
-                                  run_search, search_settings)
+from evoprune.search_runs import read_back, removal_latency, removal_ppl, run_search, search_settings
 from evoprune.session import Session
 
 
@@ -50,25 +49,6 @@ def finish(paths: ReportPaths, notebook: str, session: Session) -> None:
 
 # --- 01: dense baseline and per-block sensitivity ------------------------------------------------------------
 
-def baseline(session: Session, paths: ReportPaths, test_windows: int | None, sensitivity_rate: float,
-             sensitivity_windows: int, dtype: str, study_windows: int | None = None) -> dict:
-    """Dense test perplexity under both protocols, parameter counts and the sensitivity scan."""
-    dense = session.reported(0.0, windows=test_windows, study_windows=study_windows)
-    counts = models.parameter_counts(session.model)
-    dense_rows = [{"protocol": "primary", "windows": dense["test_windows"], "ppl": dense["test_ppl"]},
-                  {"protocol": "study", "windows": dense["study_windows"], "ppl": dense["study_ppl"]}]
-    dtype = hardware.resolve_dtype(dtype)
-    sensitivity = sensitivity_scan(session, "magnitude", sensitivity_rate, sensitivity_windows, dtype)
-    write_table([counts], paths.table("parameter_counts"))
-    write_table(dense_rows, paths.table("dense"))
-    write_table(sensitivity, paths.table("sensitivity"))
-    return record(paths, "baseline", "01_baseline", session, {
-        "model": session.name, "weights_hash": session.loaded.weights_hash, "parameter_counts": counts,
-        "dense": dense, "dense_rows": dense_rows, "sensitivity": sensitivity, "data": session.data_provenance()},
-        test_windows=test_windows, study_windows=study_windows, sensitivity_rate=sensitivity_rate, sensitivity_windows=sensitivity_windows,
-        sensitivity_dtype=dtype, dtype_decision=hardware.dtype_decision(), reported_dtype=REPORTED_DTYPE)
-
-
 def sensitivity_scan(session: Session, criterion: str, rate: float, n_windows: int, dtype: str,
                      batch_size: int = 4, progress: bool = True) -> list[dict]:
     """Validation perplexity with one block at a time pruned to ``rate`` by ``criterion`` and every other block
@@ -94,24 +74,6 @@ def sensitivity_scan(session: Session, criterion: str, rate: float, n_windows: i
 def sweep_points(max_sparsity: float, step: float) -> list[float]:
     """0, step, 2*step, ... up to max_sparsity, rounded so 0.45 is 0.45 and not 0.44999999."""
     return [round(i * step, 6) for i in range(int(round(max_sparsity / step)) + 1)]
-
-
-def uniform_sweep(session: Session, paths: ReportPaths, criterion: str, test_windows: int | None,
-                  sweep_max: float, sweep_step: float, study_windows: int | None = None,
-                  progress: bool = True) -> list[dict]:
-    """Every block pruned to the same rate, 0 to ``sweep_max``: test perplexity under both protocols."""
-    from tqdm.auto import tqdm
-    sparsities = sweep_points(sweep_max, sweep_step)
-    rows = []
-    for s in tqdm(sparsities, desc="uniform sweep", disable=not progress):
-        result = session.reported(s, criterion, test_windows, study_windows=study_windows)
-        rows.append({"sparsity": s, "criterion": criterion, **{k: v for k, v in result.items() if k != "genome"}})
-    session.restore()
-    write_table(rows, paths.table("uniform_sweep"))
-    record(paths, "uniform_sweep", "02_uniform_sweep", session, {"rows": rows}, criterion=criterion,
-           test_windows=test_windows, study_windows=study_windows, sparsities=sparsities,
-           reported_dtype=REPORTED_DTYPE)
-    return rows
 
 
 def allocation_sweep(session: Session, targets: list[float], criteria: list[str], sensitivity: list[float],
@@ -166,26 +128,6 @@ def block_removals(session: Session, n_windows: int, dtype: str, pairs_up_to: in
     depths = [{**d, **timed[str(d["removed"])]} for d in depths]
     return {"test_windows": len(wins), "dtype": dtype, "latency_dtype": REPORTED_DTYPE, "dense_blocks": n,
             "depths": depths, **tables}
-
-
-def methods_without_search(session: Session, paths: ReportPaths, targets: list[float], criteria: list[str],
-                           n_windows: int, dtype: str, method_dtype: str = REPORTED_DTYPE,
-                           removal_windows: int | None = None) -> dict:
-    """02's second part: the allocations per criterion and target (sensitivity from 01's record), measured in
-    ``method_dtype`` on ``n_windows``, and whole blocks removed, in ``dtype`` on ``removal_windows`` (default
-    ``n_windows``); tables and ``allocations.json``."""
-    dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
-    rows = allocation_sweep(session, targets, criteria, sensitivity_ppl(paths), n_windows, method_dtype)
-    session.restore()
-    dense = session.measure(session.pruner("magnitude", 1, method_dtype), "primary", n_windows, method_dtype)
-    removals = block_removals(session, removal_windows or n_windows, dtype)
-    write_table(rows, paths.table("allocations"))
-    write_table(removals["single"] + (removals["pairs"] or []), paths.table("block_removal"))
-    return record(paths, "allocations", "02_uniform_sweep", session,
-                  {"rows": rows, "dense_ppl": dense.ppl, "block_removal": removals},
-                  targets=targets, criteria=criteria, test_windows=n_windows, dtype=method_dtype,
-                  removal_dtype=dtype, removal_windows=removals["test_windows"],
-                  dtype_decision=hardware.dtype_decision())
 
 
 def sensitivity_ppl(paths: ReportPaths) -> list[float]:
@@ -243,40 +185,6 @@ def rule_rows(session: Session, criterion: str, target: float, rules: dict[str, 
                      "test_windows": measured.n_windows, "genome": genome})
     session.restore()
     return rows
-
-
-def ga_runs(session: Session, paths: ReportPaths, runs: dict[str, dict], criterion: str, seed: int,
-            test_windows: int | None, dtype: str, study_windows: int | None = None,
-            docs_windows: int | None = None) -> dict:
-    """03's main searches, one per entry of ``runs`` (``Settings`` keywords), each in ``search/<run>/``; their
-    rows, the rules at each exact target (OWL, sensitivity ranking), the second held-out text (on
-    ``docs_windows``, default ``test_windows``), best genomes and convergence go to ``ga.json`` and tables."""
-    shared = {"criterion": criterion, "seed": seed, "test_windows": test_windows, "study_windows": study_windows,
-              "dtype": dtype}
-    sensitivity = sensitivity_ppl(paths)
-    settings = {name: search_settings(session, run, **shared) for name, run in runs.items()}
-    results = {name: run_search(session, s, spec, paths.search(name), sensitivity=sensitivity)
-               for name, (s, spec) in settings.items()}
-    rows = [ga_row(result, name) for name, result in results.items()]
-    rules, rule_table = {}, []
-    for s, spec in settings.values():
-        if s.strategy != "published" and (spec.criterion, s.target) not in rules:  # the rules: one rate per block
-            rules[spec.criterion, s.target] = rule_allocations(session, s.target, "block", sensitivity)
-            rule_table += rule_rows(session, spec.criterion, s.target, rules[spec.criterion, s.target], test_windows)
-    held_out = [generalization(session, result, name, test_windows if docs_windows is None else docs_windows,
-                               rules.get((result.config["criterion"], result.config["target"])))
-                for name, result in results.items()]
-    overfit = [overfitting(session, result, name) for name, result in results.items()]
-    histories = {name: result.history for name, result in results.items()}
-    write_table(held_out, paths.table("generalization"))
-    write_table(genome_table(rows, session.n_blocks), paths.table("ga_genomes"))
-    write_table([{"run": name, **row} for name, rows in histories.items() for row in rows], paths.table("convergence"))
-    write_table(rule_table, paths.table("rules_at_target"))
-    write_table(overfit, paths.table("overfitting"))
-    return record(paths, "ga", "03_ga_search", session, {"rows": rows, "rules": rule_table,
-                                                         "generalization": held_out, "overfitting": overfit},
-                  criterion=criterion, seed=seed, runs=runs, search_dtype=hardware.resolve_dtype(dtype),
-                  test_windows=test_windows, study_windows=study_windows, docs_windows=docs_windows)
 
 
 def genome_table(rows: list[dict], n_blocks: int) -> list[dict]:
@@ -346,27 +254,6 @@ def export_check(session: Session, out_dir, genome=None, removed=None, criterion
 def export_dir(profile: str, name: str):
     """Where exported models go: under data/cache (git-ignored: a SmolLM2 export is ~0.5 GB)."""
     return models.CACHE_DIR / "exports" / profile / name
-
-
-def methods_with_search(session: Session, paths: ReportPaths, targets: list[float], criteria: list[str],
-                        budget: dict, removal: dict, n_windows: int, export_windows: int, seed: int,
-                        dtype: str, method_dtype: str = REPORTED_DTYPE, removal_windows: int | None = None) -> dict:
-    """03's second part: the GA at every target and criterion (test numbers in ``method_dtype`` on
-    ``n_windows``), the removal GA (in ``dtype`` on ``removal_windows``, as 02's block removal), and the export
-    round trips of the best Wanda genome and the best removal set; ``methods_ga.json``."""
-    dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
-    rows = ga_sweep(session, paths, targets, criteria, budget, n_windows, seed, dtype, method_dtype)
-    removal_ga = removal_run(session, out=paths.search("removal"), test_windows=removal_windows or n_windows,
-                             seed=seed, dtype=dtype, **removal)
-    best_wanda = min((r for r in rows if r["criterion"] == "wanda"), key=lambda r: r["target"])
-    exports = [export_check(session, export_dir(paths.profile, "ga-wanda"), genome=best_wanda["genome"],
-                            criterion="wanda", n_windows=export_windows),
-               export_check(session, export_dir(paths.profile, "removal"), removed=removal_ga.genome,
-                            n_windows=export_windows)]
-    return record(paths, "methods_ga", "03_ga_search", session,
-                  {"rows": rows, "removal_ga": removal_ga.to_dict(), "exports": exports}, seed=seed, targets=targets,
-                  criteria=criteria, budget=budget, removal=removal, test_windows=n_windows, dtype=method_dtype,
-                  fitness_dtype=dtype, dtype_decision=hardware.dtype_decision())
 
 
 # --- 03: downstream accuracy ---------------------------------------------------------------------------------
