@@ -21,7 +21,7 @@ import time
 import torch
 
 from evoprune import hardware, perplexity
-from evoprune.models import timings
+from evoprune.timing import timings
 from evoprune.results import ROOT, provenance, read_json, read_record, write_json
 from evoprune.search import Settings, optimize, race_parents
 from evoprune.session import Session, fresh_windows

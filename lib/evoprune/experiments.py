@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from evoprune import EvopruneError, hardware, models, perplexity
+from evoprune import EvopruneError, export, hardware, models, perplexity, timing
 from evoprune.data import HUB, PYTHON_DOCS, local_file
 from evoprune.pruning import CRITERIA, global_magnitude_counts, owl_rates, sensitivity_rates
 from evoprune.results import (REPORTED_DTYPE, ReportPaths, portable_data, provenance, read_csv, read_json,
@@ -154,10 +154,10 @@ LATENCY_REPEATS = 7  # interleaved rounds: enough for the spread (IQR) to fall b
 
 
 def removal_latency(session: Session, sets: dict[str, list[int]], repeats: int = LATENCY_REPEATS) -> dict[str, dict]:
-    """Parameters and float32 latency (median and IQR of ``repeats`` interleaved rounds, ``models.compare_latency``)
+    """Parameters and float32 latency (median and IQR of ``repeats`` interleaved rounds, ``timing.compare_latency``)
     of the model with each set of blocks physically gone, all timed together so a busy machine slows them alike."""
     session.restore()
-    timed = models.compare_latency(session.model, sets, session.tokens("test").ids[:32], new_tokens=16,
+    timed = timing.compare_latency(session.model, sets, session.tokens("test").ids[:32], new_tokens=16,
                                    repeats=repeats)
     out = {}
     for name, removed in sets.items():
@@ -501,7 +501,7 @@ def export_check(session: Session, out_dir, genome=None, removed=None, criterion
     if removed:
         models.remove_blocks(model, removed)
     before = perplexity.primary(model, wins).ppl
-    saved = models.export(model, out_dir, session.tokenizer)
+    saved = export.export(model, out_dir, session.tokenizer)
     del model
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=perplexity.get_dtype(REPORTED_DTYPE)).eval()
     after = perplexity.primary(reloaded, wins).ppl
