@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from evoprune import EvopruneError, export, hardware, models, perplexity, timing
+from evoprune import EvopruneError, data_identity, export, hardware, models, perplexity, timing
 from evoprune.data import HUB, PYTHON_DOCS, local_file
 from evoprune.pruning import CRITERIA, global_magnitude_counts, owl_rates, sensitivity_rates
 from evoprune.results import (REPORTED_DTYPE, ReportPaths, portable_data, provenance, read_csv, read_json,
@@ -258,13 +258,15 @@ def run_search(session: Session, settings: Settings, out, progress: bool = True,
     A finished search in ``out`` is read back; an interrupted one resumes from its checkpoint. ``objective``:
     a parallel scorer of the session's objective (``workers.open_pool``), else the session's own. A race starts
     from the best of uniform, OWL and (given a scan's perplexities, ``sensitivity``) the sensitivity ranking."""
-    config = settings.as_config()
     out = Path(out)
+    settings = data_identity.same_text_elsewhere(out, settings, session.data)  # moved data: the saved search's name
+    config = settings.as_config()
     done = finished_result(out, config)
     if done is not None:
         print(f"{out / RESULT} already holds this search (same config): not recomputed.", file=sys.stderr)
         _read_back["searches"] += 1
         return done
+    data_identity.record(out, settings, session.data)
     if session.data != HUB:
         for split in (settings.fitness_split, "test"):
             local_file(session.data, split)
