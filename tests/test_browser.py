@@ -1,8 +1,8 @@
 """The pruning panel in a real browser: JupyterLab on 127.0.0.1 runs a notebook that shows the panel on tiny-gpt2,
 and Debian's chromium, driven by Playwright, moves a block slider, waits for the sparsity and perplexity lines to
 change, exports the genome and checks the file against the sliders; on a SmolLM2-sized genome (30 blocks,
-attention and MLP genes) it opens a collapsed section of blocks and moves an MLP slider. A broken front-end (jupyterlab_widgets vs
-ipywidgets) fails here. The screenshot goes to figures/panel.png.
+attention and MLP genes) it opens a collapsed section of blocks and moves an MLP slider. A broken front-end
+(jupyterlab_widgets vs ipywidgets) fails here. The screenshot goes to figures/panel.png.
 
 Needs /usr/bin/chromium and the playwright package (.ci/run installs both; no browser download): skipped without
 them, a failure where CI=true."""
