@@ -4,6 +4,11 @@ SHELL := bash
 .DELETE_ON_ERROR:
 .DEFAULT_GOAL := help
 
+# No PROFILE given: `make reproduce` runs the profile `evoprune check --profile auto` picks (paper where the hub
+# is reachable or GPT-2 is cached, else offline where the local data is found) and says why, first.
+ifeq ($(origin PROFILE),undefined)
+AUTO_PROFILE := 1
+endif
 PROFILE ?= paper
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -18,6 +23,7 @@ ANALYSIS := reports/$(PROFILE)/executed/04_analysis.ipynb
 
 help:
 	@echo "make reproduce [PROFILE=paper|offline|smoke]   re-run every notebook, regenerate figures and tables"
+	@echo "                (no PROFILE: paper where the hub or a cached GPT-2 is, else offline)"
 	@echo "make test                                      run the test suite"
 	@echo "make lab | make bench | make readme | make clean"
 
@@ -30,10 +36,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 preflight: $(VENV)/.installed
-	$(PY) -m evoprune check --profile $(PROFILE)
+	$(PY) -m evoprune check --profile $(PROFILE) $(if $(CHOSEN),,--record)
 
+ifdef AUTO_PROFILE
+reproduce: $(VENV)/.installed
+	@profile=$$($(PY) -m evoprune check --profile auto) && $(MAKE) --no-print-directory reproduce PROFILE=$$profile CHOSEN=auto
+else
 reproduce: preflight $(EXECUTED)
 	@echo "reports/$(PROFILE)/ and figures/$(PROFILE)/ are up to date"
+endif
 
 # A notebook re-runs when its source or the profile's parameters change (see README for library changes).
 reports/$(PROFILE)/executed/%.ipynb: notebooks/%.py params/$(PROFILE).yaml | preflight

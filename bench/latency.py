@@ -1,5 +1,5 @@
 """Forward latency of SmolLM2-135M (float32) on one 1024-token window with 0, 3, 6 and 12 of its 30 blocks
-removed, the configurations timed round-robin (``models.compare_latency``). Per configuration: median and
+removed, the configurations timed round-robin (``timing.compare_latency``). Per configuration: median and
 interquartile range (IQR) of the time, the median ratio to the whole model's time in the same round, and the gain
 over the previous configuration as paired differences (same round): a step is resolved when even its first
 quartile is a gain, i.e. the smaller model was faster in at least three rounds of four. Prints a table; the last
@@ -14,7 +14,8 @@ import json
 
 import torch
 
-from evoprune.models import blocks, compare_latency, load_model, quartiles
+from evoprune.models import blocks, load_model
+from evoprune.timing import compare_latency, quartiles
 
 
 def evenly_spaced(k: int, n: int) -> list[int]:

@@ -21,19 +21,20 @@ import time
 import torch
 
 from evoprune import hardware, perplexity
-from evoprune.models import timings
 from evoprune.provenance import provenance
 from evoprune.records import read_json, ROOT, write_json
 from evoprune.objective import build_objective, fresh_windows, split_settings
 from evoprune.search import optimize, race_parents
 from evoprune.session import Session
+from evoprune.timing import timings
 
 SEQ_LEN, N_WINDOWS = 1024, 4
 OFFLINE = ROOT / "reports" / "offline"
 DTYPES = ("float32", "bfloat16")
 TARGETS = {"fitness_peak_fraction": ">= 0.7", "auto_over_best": "<= 1.05", "prefix_reuse_ratio": "<= 0.8",
            "offline_overhead_ratio": "<= 1.15", "peak_rss_gib": "<= 3", "apply_over_eval": "<= 0.05",
-           "bf16_ppl_rel_error": "<= 0.005", "search_token_ratio": "<= 0.05"}
+           "bf16_ppl_rel_error": "<= 0.005", "search_token_ratio": "<= 0.05",
+           "compressed_export_ratio_70": "<= 0.6"}
 RACE = {"strategy": "race", "target": 0.45, "offspring": 8, "generations": 3, "stages": 2}  # prefix-reuse search
 
 
@@ -203,6 +204,10 @@ def main() -> None:
     del session
     figures["latency"] = child_json("bench/latency.py", "--repeats", "7")
     figures["workers"] = child_json("bench/workers.py")
+    figures["export_size"] = child_json("bench/export_size.py")
+    at_70 = [row for row in figures["export_size"]["rows"] if row["rate"] == 0.7]
+    figures["compressed_export_ratio_70"] = max(row["ratio"] for row in at_70)
+    figures["compressed_export_identical"] = all(row["identical_logits"] for row in figures["export_size"]["rows"])
 
     print(f"SmolLM2-135M, {N_WINDOWS}x{SEQ_LEN} validation tokens, {figures['threads']} threads, CPU capability "
           f"{figures['cpu_capability']}; dtype auto -> {chosen}")
@@ -217,6 +222,9 @@ def main() -> None:
     print(f"one race generation ({w['children']} children): 1 process x 2 threads {w['serial_1x2_s']:.2f} s, 2 processes x "
           f"1 thread {w['process_2x1_s']:.2f} s (gain {w['process_ratio'] - 1:.0%}; search --workers uses processes "
           f"only when asked)" + (f", 2 Ray actors {w['ray_2x1_s']:.2f} s" if "ray_2x1_s" in w else ""))
+    print("compressed (sparse-bitmask) export size / dense export size, uniform magnitude: " + ", ".join(
+        f"{row['rate']:.0%} {row['dtype']} {row['ratio']:.3f}" for row in figures["export_size"]["rows"])
+        + f"; reloads to identical logits: {figures['compressed_export_identical']}")
     for key, target in TARGETS.items():
         print(f"  {key}: {figures.get(key)}  (target {target})")
     write_json(ROOT / "reports" / "bench.json", {"figures": figures, "provenance": provenance(command="make bench")})

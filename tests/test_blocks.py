@@ -3,9 +3,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from evoprune import EvopruneError
-from evoprune.models import (BlocksRemoved, blocks, compare_latency, export, interleaved_timings, latency, remove_blocks,
-                             tiny_gpt2, tiny_llama)
+from evoprune.export import export
+from evoprune.models import BlocksRemoved, blocks, remove_blocks, tiny_gpt2, tiny_llama
 from evoprune.pruning import Pruner
+from evoprune.timing import compare_latency, interleaved_timings, latency
 
 
 @pytest.mark.parametrize("make", [lambda: tiny_gpt2().model, tiny_llama])

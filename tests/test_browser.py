@@ -1,7 +1,8 @@
 """The pruning panel in a real browser: JupyterLab on 127.0.0.1 runs a notebook that shows the panel on tiny-gpt2,
 and Debian's chromium, driven by Playwright, moves a block slider, waits for the sparsity and perplexity lines to
-change, exports the genome and checks the file against the sliders. A broken front-end (jupyterlab_widgets vs
-ipywidgets) fails here. The screenshot goes to figures/panel.png.
+change, exports the genome and checks the file against the sliders; on a SmolLM2-sized genome (30 blocks,
+attention and MLP genes) it opens a collapsed section of blocks and moves an MLP slider. A broken front-end
+(jupyterlab_widgets vs ipywidgets) fails here. The screenshot goes to figures/panel.png.
 
 Needs /usr/bin/chromium and the playwright package (.ci/run installs both; no browser download): skipped without
 them, a failure where CI=true."""
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -37,6 +39,16 @@ from evoprune.widgets import PrunePanel
 windows = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
 panel = PrunePanel(tiny_gpt2().model, windows, debounce_s=0.2, export_path="exported_genome.json")
 panel"""
+
+GROUPS_CELL = """\
+import torch
+from evoprune.models import tiny_gpt2
+from evoprune.pruning import Pruner
+from evoprune.widgets import PrunePanel
+
+windows = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
+model = tiny_gpt2(n_layer=30, n_embd=32, n_head=2).model
+PrunePanel(model, windows, Pruner(model, genes_per_block=2), debounce_s=0.2)"""
 
 
 @pytest.fixture(scope="module")
@@ -108,19 +120,18 @@ def lab(tmp_path):
                 server.wait()
 
 
-def slider(page, block: int):
-    return page.locator(".widget-slider").filter(has=page.get_by_text(f"block {block}", exact=True))
+def slider(page, gene: str):
+    return page.locator(".widget-slider").filter(has=page.get_by_text(gene, exact=True))
 
 
-def test_panel_in_jupyterlab(playwright_api, lab):
+@contextmanager
+def notebook_page(playwright_api, lab, cell: str):
+    """A browser page on a notebook holding ``cell``, every cell run."""
     url, token, work = lab
-    export = work / "exported_genome.json"  # the kernel runs in the notebook's directory
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(PANEL_CELL)])
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(nb, work / "panel.ipynb")
-    expect = playwright_api.expect
-    expect.set_options(timeout=TIMEOUT_MS)
-
+    playwright_api.expect.set_options(timeout=TIMEOUT_MS)
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -130,30 +141,56 @@ def test_panel_in_jupyterlab(playwright_api, lab):
             page.get_by_text(re.compile(r"\| Idle$")).wait_for()  # the notebook is open and its kernel started
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_text("Run All Cells", exact=True).click()
-
-            sparsity = page.get_by_text(re.compile(r"^block sparsity"))
-            ppl = page.get_by_text(re.compile(r"^perplexity \("))
-            expect(sparsity).to_contain_text("block sparsity 45.00%")  # opens uniform at the target
-            expect(ppl).to_have_text(re.compile(r"^perplexity \(2 calibration windows\): [\d.]+$"))
-            before = sparsity.inner_text(), ppl.inner_text()
-
-            handle = slider(page, 3).locator(".noUi-handle")
-            handle.focus()
-            handle.press("End")  # noUiSlider's keyboard support: to the maximum, 0.9
-            expect(slider(page, 3).locator(".widget-readout")).to_have_text("0.900")
-            expect(sparsity).not_to_have_text(before[0])
-            expect(sparsity).to_contain_text("block sparsity 48.75%")  # (11 x 0.45 + 0.9) / 12
-            expect(ppl).not_to_have_text(before[1])
-            expect(ppl).to_have_text(re.compile(r"^perplexity \(2 calibration windows\): [\d.]+$"))
-
-            page.get_by_role("button", name="export genome").click()
-            expect(page.get_by_text(f"exported to {export.name}")).to_be_visible()
-            shown = [float(slider(page, b).locator(".widget-readout").inner_text()) for b in range(12)]
-            assert json.loads(export.read_text())["genome"] == pytest.approx(shown, abs=5e-4)
-            assert shown[3] == 0.9 and shown[:3] == [0.45] * 3
-
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider")).first.screenshot(
-                path=SCREENSHOT)  # the panel, not the dtype line printed above it
+            yield page
         finally:
             browser.close()
+
+
+def test_panel_in_jupyterlab(playwright_api, lab):
+    work = lab[2]
+    export = work / "exported_genome.json"  # the kernel runs in the notebook's directory
+    expect = playwright_api.expect
+    with notebook_page(playwright_api, lab, PANEL_CELL) as page:
+        sparsity = page.get_by_text(re.compile(r"^block sparsity"))
+        ppl = page.get_by_text(re.compile(r"^perplexity \("))
+        expect(sparsity).to_contain_text("block sparsity 45.00%")  # opens uniform at the target
+        expect(ppl).to_have_text(re.compile(r"^perplexity \(2 calibration windows\): [\d.]+$"))
+        before = sparsity.inner_text(), ppl.inner_text()
+
+        handle = slider(page, "block 3").locator(".noUi-handle")
+        handle.focus()
+        handle.press("End")  # noUiSlider's keyboard support: to the maximum, 0.9
+        expect(slider(page, "block 3").locator(".widget-readout")).to_have_text("0.900")
+        expect(sparsity).not_to_have_text(before[0])
+        expect(sparsity).to_contain_text("block sparsity 48.75%")  # (11 x 0.45 + 0.9) / 12
+        expect(ppl).not_to_have_text(before[1])
+        expect(ppl).to_have_text(re.compile(r"^perplexity \(2 calibration windows\): [\d.]+$"))
+
+        page.get_by_role("button", name="export genome").click()
+        expect(page.get_by_text(f"exported to {export.name}")).to_be_visible()
+        shown = [float(slider(page, f"block {b}").locator(".widget-readout").inner_text())
+                 for b in range(12)]
+        assert json.loads(export.read_text())["genome"] == pytest.approx(shown, abs=5e-4)
+        assert shown[3] == 0.9 and shown[:3] == [0.45] * 3
+
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider")).first.screenshot(
+            path=SCREENSHOT)  # the panel, not the dtype line printed above it
+
+
+def test_panel_of_a_smollm2_sized_genome_moves_an_mlp_slider(playwright_api, lab):
+    """30 blocks with attention and MLP genes (60 sliders, as a SmolLM2 group search): the blocks come in
+    collapsible sections of ten; open the second, move block 17's MLP slider."""
+    expect = playwright_api.expect
+    with notebook_page(playwright_api, lab, GROUPS_CELL) as page:
+        sparsity = page.get_by_text(re.compile(r"^block sparsity"))
+        expect(sparsity).to_contain_text("block sparsity 45.00%")
+        expect(slider(page, "2.mlp")).to_be_visible()  # the first section is open
+        expect(slider(page, "17.mlp")).to_be_hidden()
+        page.get_by_text("blocks 10-19", exact=True).click()
+        handle = slider(page, "17.mlp").locator(".noUi-handle")
+        handle.focus()
+        handle.press("End")
+        expect(slider(page, "17.mlp").locator(".widget-readout")).to_have_text("0.900")
+        expect(slider(page, "17.attn").locator(".widget-readout")).to_have_text("0.450")
+        expect(sparsity).not_to_contain_text("block sparsity 45.00%")

@@ -110,3 +110,22 @@ def test_export_refuses_bad_block_lists(capsys, data_dir, tmp_path, blocks, mess
                  "--out", str(tmp_path / "m")])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-windows", "0"], "--max-windows 0: give at least 1 window"),
+    (["--seq-len", "99999"], "--seq-len 99999: give 2 to 1024 tokens"),
+])
+def test_eval_window_settings_name_the_fix(capsys, data_dir, args, message):
+    code = main(["eval", "--model", "tiny-gpt2", "--data", data_dir, "--json", *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_to_an_unwritable_place_names_the_fix(capsys, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    for out in ("/proc/forbidden", str(blocked / "m")):
+        code = main(["export", "--model", "tiny-gpt2", "--data", str(tmp_path), "--out", out])
+        err = capsys.readouterr().err
+        assert code == 2 and f"--out {out} cannot be created" in err and len(err.strip().splitlines()) == 1

@@ -34,7 +34,7 @@ def pins() -> dict[str, str]:
 
 
 def test_extras_are_the_documented_ones():
-    assert set(declared()) == {"", "lab", "test", "ray", "downstream"}
+    assert set(declared()) == {"", "lab", "test", "ray", "downstream", "export"}
 
 
 def test_requirements_pin_exactly_the_declared_packages():
@@ -54,7 +54,7 @@ def test_each_pin_is_inside_its_declared_range():
 def test_runtime_dependencies_cover_the_library_but_not_the_lab():
     runtime = {canonicalize_name(r.name) for r in declared()[""]}
     assert {"torch", "transformers", "numpy", "matplotlib", "pyyaml", "tqdm", "gguf"} <= runtime
-    assert not runtime & {"jupyterlab", "papermill", "pytest", "ray", "lm-eval"}
+    assert not runtime & {"jupyterlab", "papermill", "pytest", "ray", "lm-eval", "compressed-tensors"}
 
 
 def test_the_built_wheel_installs_a_working_command(tmp_path):

@@ -230,7 +230,7 @@ def data_dir():
 
 def cli_search(data_dir, out, *extra):
     return ["search", "--model", "tiny-gpt2", "--data", data_dir, "--target", "0.5", "--out", str(out),
-            "--population", "2", "--generations", "2", "--fitness-windows", "1", "--test-windows", "2",
+            "--strategy", "elitist", "--population", "2", "--generations", "2", "--fitness-windows", "1", "--test-windows", "2",
             "--no-progress", *extra]
 
 

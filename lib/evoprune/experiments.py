@@ -10,7 +10,7 @@ whole-block removal in ``dtype`` on ``removal_windows``.
 from __future__ import annotations
 
 
-from evoprune import hardware, models, perplexity
+from evoprune import export, hardware, models, perplexity
 from evoprune.criteria import CRITERIA
 from evoprune.data import PYTHON_DOCS
 from evoprune.provenance import provenance
@@ -243,7 +243,7 @@ def export_check(session: Session, out_dir, genome=None, removed=None, criterion
     if removed:
         models.remove_blocks(model, removed)
     before = perplexity.primary(model, wins).ppl
-    saved = models.export(model, out_dir, session.tokenizer)
+    saved = export.export(model, out_dir, session.tokenizer)
     del model
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=perplexity.get_dtype(REPORTED_DTYPE)).eval()
     after = perplexity.primary(reloaded, wins).ppl

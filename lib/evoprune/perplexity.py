@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from evoprune import EvopruneError
+from evoprune.models import context_length
 
 PROTOCOLS = ("primary", "sliding", "study")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -184,10 +185,20 @@ def sliding(model, ids: torch.Tensor, seq_len: int = 1024, stride: int = STUDY_S
     return Perplexity(exp_or_inf(total / count), n_windows, count, "sliding")
 
 
+def check_windows(model, seq_len: int, max_windows: int | None) -> None:
+    if max_windows is not None and max_windows < 1:
+        raise EvopruneError(f"--max-windows {max_windows}: give at least 1 window, or leave it out to use them all.")
+    longest = context_length(model)
+    if longest is not None and not 2 <= seq_len <= longest:
+        raise EvopruneError(f"--seq-len {seq_len}: give 2 to {longest} tokens, the longest context this model "
+                            f"takes.")
+
+
 def measure(model, ids: torch.Tensor, protocol: str = "primary", seq_len: int = 1024,
             max_windows: int | None = None, stride: int = STUDY_STRIDE, batch_size: int = 4,
             dtype: torch.dtype = torch.float32, progress: bool = False) -> Perplexity:
     """Perplexity of ``model`` on token ids under one protocol."""
+    check_windows(model, seq_len, max_windows)
     if protocol == "primary":
         return primary(model, windows(ids, seq_len, max_windows), batch_size, dtype, progress)
     if protocol == "study":

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from evoprune import EvopruneError, alpha, hardware, models, perplexity
+from evoprune import EvopruneError, alpha, data_identity, hardware, models, perplexity, timing
 from evoprune.data import HUB, local_file, portable_data
 from evoprune.objective import FitnessSpec, build_objective, identity, split_settings
 from evoprune.criteria import get_criterion
@@ -100,13 +100,15 @@ def run_search(session: Session, settings: Settings, spec: FitnessSpec, out, pro
     ``objective``: a parallel scorer of the session's objective (``workers.open_pool``), else the session's own.
     A race starts from the best of uniform, OWL and (given a scan's perplexities, ``sensitivity``) the
     sensitivity ranking."""
-    config = identity(settings, spec)
     out = Path(out)
+    spec = data_identity.same_text_elsewhere(out, spec, session.data)  # moved data: the saved search's name
+    config = identity(settings, spec)
     done = finished_result(out, config)
     if done is not None:
         print(f"{out / RESULT} already holds this search (same config): not recomputed.", file=sys.stderr)
         read_back["searches"] += 1
         return SearchRecord.from_dict(done)
+    data_identity.record(out, spec, session.data)
     if session.data != HUB:
         for split in (spec.fitness_split, "test"):
             local_file(session.data, split)
@@ -171,10 +173,10 @@ LATENCY_REPEATS = 7  # interleaved rounds: enough for the spread (IQR) to fall b
 
 
 def removal_latency(session: Session, sets: dict[str, list[int]], repeats: int = LATENCY_REPEATS) -> dict[str, dict]:
-    """Parameters and float32 latency (median and IQR of ``repeats`` interleaved rounds, ``models.compare_latency``)
+    """Parameters and float32 latency (median and IQR of ``repeats`` interleaved rounds, ``timing.compare_latency``)
     of the model with each set of blocks physically gone, all timed together so a busy machine slows them alike."""
     session.restore()
-    timed = models.compare_latency(session.model, sets, session.tokens("test").ids[:32], new_tokens=16,
+    timed = timing.compare_latency(session.model, sets, session.tokens("test").ids[:32], new_tokens=16,
                                    repeats=repeats)
     out = {}
     for name, removed in sets.items():

@@ -1,6 +1,6 @@
 """An ipywidgets panel for exploring layer-wise pruning profiles by hand.
 
-One slider per gene, live sparsity labels, a bar chart of the profile, "rescale to target", presets, export of
+One slider per gene, grouped by block in collapsible sections, live sparsity labels, a bar chart of the profile, "rescale to target", presets, export of
 the genome as ``{"genome": [...]}`` (what ``python -m evoprune eval --rates file.json`` reads), and live
 perplexity on a small calibration slice, debounced so dragging a slider does not queue one evaluation per step.
 Everything runs without a browser: set a slider's ``.value`` or call a button's ``.click()``.
@@ -26,6 +26,8 @@ from evoprune.strategies import project
 from evoprune.records import read_json, ReportPaths, study_published, write_json
 
 CUSTOM = "(custom)"
+MAX_SECTION_BLOCKS = 12  # a model of up to this many blocks (GPT-2) shows them in one section
+SECTION_BLOCKS = 10      # else: sections of this many blocks (SmolLM2: 0-9, 10-19, 20-29)
 
 
 def default_presets(n_genes: int, target: float, paths: ReportPaths | None = None) -> dict[str, list[float]]:
@@ -234,11 +236,23 @@ class PrunePanel:
         return fig, bars, line
 
     @cached_property
+    def blocks(self) -> w.Accordion:
+        """The sliders by block, in collapsible sections of blocks (the first one open): a block's attention and
+        MLP sliders side by side on one row, or with one gene a block, three blocks a row."""
+        per_block = self.pruner.genes_per_block
+        rows = [w.HBox(self.sliders[b * per_block:(b + 1) * per_block]) for b in range(self.pruner.n_blocks)]
+        span = len(rows) if len(rows) <= MAX_SECTION_BLOCKS else SECTION_BLOCKS
+        columns = w.Layout(grid_template_columns=f"repeat({3 if per_block == 1 else 1}, max-content)")
+        sections = [w.GridBox(rows[start:start + span], layout=columns) for start in range(0, len(rows), span)]
+        titles = [f"blocks {start}-{min(start + span, len(rows)) - 1}" for start in range(0, len(rows), span)]
+        return w.Accordion(children=sections, titles=titles, selected_index=0)
+
+    @cached_property
     def widget(self) -> w.Widget:
-        grid = w.GridBox(self.sliders, layout=w.Layout(grid_template_columns="repeat(3, 1fr)"))
         controls = w.HBox([self.target, self.rescale_button, self.preset_dropdown])
         export = w.HBox([self.export_path, self.export_button])
-        return w.VBox([controls, grid, self.sparsity_label, self.ppl_label, self.status_label, self.chart, export])
+        return w.VBox([controls, self.blocks, self.sparsity_label, self.ppl_label, self.status_label, self.chart,
+                       export])
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
