@@ -54,6 +54,13 @@ def test_compressed_reloads_to_the_dense_exports_logits(tmp_path, make, dtype):
             assert torch.equal(reloaded(ids).logits, model(ids).logits)
 
 
+def test_a_plain_from_pretrained_refuses_the_compressed_directory_instead_of_random_weights(tmp_path):
+    export(pruned(tiny_llama, 0.5, torch.float32), tmp_path / "compressed", format="compressed")
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "compressed")
+    assert load_compressed(tmp_path / "compressed") is not None
+
+
 def test_a_dense_directory_is_not_read_as_compressed(tmp_path):
     export(tiny_llama(), tmp_path / "dense")
     with pytest.raises(EvopruneError, match="not a sparse-bitmask export"):

@@ -175,3 +175,17 @@ def test_a_gpt2_sized_model_shows_its_blocks_in_one_section(panel):
     assert panel.blocks.titles == ("blocks 0-11",)
     rows = panel.blocks.children[0].children
     assert [row.children[0].description for row in rows] == [f"block {i}" for i in range(12)]
+
+
+def test_a_sparsegpt_panel_moves_by_levels_and_rescales_onto_one(tiny, calibration, tmp_path):
+    from evoprune.levels import LevelPruner, build
+    pruner = LevelPruner(tiny.model, build(tiny.model, calibration, (0.0, 0.25, 0.5, 0.75), tmp_path,
+                                           blocksize=32, progress=False))
+    panel = PrunePanel(tiny.model, calibration, pruner, target=0.45, debounce_s=0)
+    assert panel.sliders[0].step == 0.25 and panel.genome == [0.5] * 12  # 0.45 opens at the nearest level
+    panel.set_genome([0.3 * (i % 3) for i in range(12)])
+    assert set(panel.genome) <= {0.0, 0.25, 0.5, 0.75}
+    panel.target.value = 0.5
+    panel.rescale_button.click()
+    assert set(panel.genome) <= {0.0, 0.25, 0.5, 0.75} and panel.block_sparsity() == pytest.approx(0.5)
+    assert "perplexity (2 calibration windows)" in panel.ppl_label.value and panel.status_label.value == ""

@@ -5,9 +5,10 @@ then takes (1 - r) * 4 + 1/8 bytes per weight instead of 4.
 
 The compressed directory's ``config.json`` describes the format as compressed-tensors writes it
 (``quantization_config.sparsity_config``, built with the ``compressed-tensors`` package, the ``export`` extra).
-compressed-tensors 0.20 and transformers 5 no longer decompress this format when loading, so reload it with
-``load_compressed`` (``from_config`` plus the decompressed weights), which gives logits identical to the dense
-export's.
+compressed-tensors 0.20 and transformers 5 no longer decompress this format when loading (a plain
+``from_pretrained`` would skip the compressed matrices and initialise them at random), so the weights file is named
+``sparse-bitmask*.safetensors``, which ``from_pretrained`` refuses to load; reload it with ``load_compressed``
+(``from_config`` plus the decompressed weights), which gives logits identical to the dense export's.
 """
 from __future__ import annotations
 
@@ -101,6 +102,8 @@ def save_compressed(model: nn.Module, out_dir: Path) -> None:
     for name in names:
         state.update({f"{name}.{part}": tensor for part, tensor in bitmask_compress(state.pop(name)).items()})
     model.save_pretrained(out_dir, state_dict=state)
+    for file in out_dir.glob("model*.safetensors*"):  # a plain from_pretrained must fail, not load random weights
+        file.rename(file.with_name(file.name.replace("model", "sparse-bitmask", 1)))
     config_file = out_dir / "config.json"
     saved = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**saved, "quantization_config": config}, indent=2, sort_keys=True))

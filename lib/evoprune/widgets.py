@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 
 from evoprune import EvopruneError, perplexity
 from evoprune.hardware import resolve_dtype
-from evoprune.pruning import Pruner
-from evoprune.pruning import GENES
+from evoprune.grid import snap_to_grid
+from evoprune.pruning import GENES, Pruner, build_pruner
 from evoprune.strategies import project
 from evoprune.records import read_json, ReportPaths, study_published, write_json
 
@@ -84,7 +84,10 @@ class PrunePanel:
                  export_path: str | Path = "genome.json", criterion: str = "magnitude",
                  initial: str | list[float] | None = None):
         self.model, self.windows = model, windows
-        self.pruner = pruner or Pruner(model, criterion)
+        self.pruner = pruner or build_pruner(model, criterion)
+        self.grid = getattr(self.pruner, "grid", None)  # SparseGPT's level database: sliders move by its levels
+        step = self.grid[1] if self.grid else None
+        g_max = min(g_max, self.grid[-1]) if self.grid else g_max
         self.dtype, self.batch_size = perplexity.get_dtype(resolve_dtype(dtype)), batch_size
         self.sizes = self.pruner.gene_sizes()
         self.params_ratio = sum(self.sizes) / sum(p.numel() for p in model.parameters())
@@ -94,10 +97,10 @@ class PrunePanel:
         self._eval_lock = threading.Lock()
         start = self._initial_genome(initial, target)
 
-        self.sliders = [w.FloatSlider(value=g, min=0.0, max=g_max, step=0.001, readout_format=".3f",
+        self.sliders = [w.FloatSlider(value=g, min=0.0, max=g_max, step=step or 0.001, readout_format=".3f",
                                       description=gene_label(i, self.pruner.genes_per_block), continuous_update=False)
                         for i, g in enumerate(start)]
-        self.target = w.FloatSlider(value=target, min=0.0, max=g_max, step=0.005, description="target",
+        self.target = w.FloatSlider(value=target, min=0.0, max=g_max, step=step or 0.005, description="target",
                                     readout_format=".3f")
         self.rescale_button = w.Button(description="rescale to target", icon="compress")
         opened_at = next((name for name, genome in self.presets.items() if genome == start), CUSTOM)
@@ -146,21 +149,26 @@ class PrunePanel:
 
     def _initial_genome(self, initial: str | list[float] | None, target: float) -> list[float]:
         if initial is None:
-            return [target] * self.pruner.n_genes
+            return [self._settable(target)] * self.pruner.n_genes
         if isinstance(initial, str):
             if initial not in self.presets:
                 raise ValueError(f"no preset {initial!r}; presets: {', '.join(self.presets)}")
             initial = self.presets[initial]
         if len(initial) != self.pruner.n_genes:
             raise ValueError(f"initial genome has {len(initial)} rates, the model has {self.pruner.n_genes} genes")
-        return [min(max(float(g), 0.0), self.g_max) for g in initial]
+        return [self._settable(g) for g in initial]
+
+    def _settable(self, rate: float) -> float:
+        """A rate as a slider holds it: within [0, g_max], and on a level grid the nearest level."""
+        rate = min(max(float(rate), 0.0), self.g_max)
+        return round(rate / self.grid[1]) * self.grid[1] if self.grid else rate
 
     def set_genome(self, genome: list[float]) -> None:
         if len(genome) != len(self.sliders):
             raise ValueError(f"genome has {len(genome)} rates, the panel has {len(self.sliders)} sliders")
         with self._quiet():
             for slider, g in zip(self.sliders, genome):
-                slider.value = min(max(float(g), 0.0), self.g_max)
+                slider.value = self._settable(g)
         self._on_genome_change()
 
     # --- actions -------------------------------------------------------------------------------------------
@@ -168,7 +176,10 @@ class PrunePanel:
     def rescale(self) -> None:
         """Shift every rate by the same amount, clipped to [0, g_max], so the weighted mean hits the target (the
         search's projection: the differences between blocks are kept where no rate is clipped)."""
-        self.set_genome(project(self.genome, self.sizes, self.target.value, self.g_max).tolist())
+        if self.grid:  # on a level grid: the nearest levels whose weighted mean is the target (a level too)
+            self.set_genome(snap_to_grid(self.genome, self.sizes, self.target.value, self.grid))
+        else:
+            self.set_genome(project(self.genome, self.sizes, self.target.value, self.g_max).tolist())
         self._mark_custom()
 
     def export(self, path: str | Path | None = None) -> Path:
@@ -260,17 +271,19 @@ class PrunePanel:
 
 def open_panel(model: str, data: str, paths: ReportPaths, target: float = 0.45, n_windows: int = 2,
                seq_len: int = 256, dtype: str = "auto", debounce_s: float = 0.5,
-               initial: str | list[float] | None = None, genes: str = "block") -> PrunePanel:
+               initial: str | list[float] | None = None, genes: str = "block",
+               criterion: str = "magnitude") -> PrunePanel:
     """A panel on a fresh copy of ``model``, scored on the first validation windows, with the presets of the
     profile's reports and export to ``reports/<profile>/panel_genome.json``. It opens uniform at ``target``, or
     at ``initial``: a genome or a preset's name, e.g. ``"GA best (default)"``. ``genes``: one slider per block,
-    or (``group``) an attention and an MLP slider per block; the presets are the searches with those genes."""
+    or (``group``) an attention and an MLP slider per block; the presets are the searches with those genes.
+    ``criterion``: any registered one (SparseGPT's sliders move by its database's levels)."""
     from evoprune.session import Session
     if genes not in GENES:
         raise EvopruneError(f"genes={genes!r}: use one of {', '.join(GENES)}.")
     session, dtype = Session(model, data), resolve_dtype(dtype)
     windows = perplexity.windows(session.tokens("validation").ids, seq_len, n_windows)
-    pruner = session.pruner("magnitude", GENES[genes], dtype)
+    pruner = session.pruner(criterion, GENES[genes], dtype)
     return PrunePanel(pruner.model, windows, pruner, default_presets(pruner.n_genes, target, paths), target,
                       debounce_s=debounce_s, dtype=dtype, export_path=paths.reports / "panel_genome.json",
                       initial=initial)
