@@ -51,8 +51,9 @@ def test_beyond_the_study_rows_meet_their_targets_and_exports_round_trip(summary
     assert all(e["same_ppl"] for e in methods["exports"])
 
 
-def test_readme_shows_the_bench_record():
-    from evoprune.readme import BENCH, bench_section
+def test_the_performance_page_shows_the_bench_record():
+    from evoprune.readme import BENCH, PERFORMANCE, bench_section
     assert BENCH.is_file(), "reports/bench.json is missing: run `make bench`, then `make readme`"
-    assert bench_section(read_json(BENCH)) in README.read_text(), "README performance table differs: `make readme`"
+    assert bench_section(read_json(BENCH)) in PERFORMANCE.read_text(), \
+        "docs/performance.md's bench table differs: `make readme`"
 

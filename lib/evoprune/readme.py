@@ -1,5 +1,6 @@
-"""The README's generated sections: the results (from ``reports/<profile>/summary.json``) and the performance
-table (from ``reports/bench.json``), each between its markers, filled in by ``update_readme`` (``make readme``)."""
+"""The generated sections of the README (the results, from ``reports/<profile>/summary.json``) and of
+docs/performance.md (the bench table, from ``reports/bench.json``), each between its markers, filled in by
+``update_readme`` (``make readme``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,7 @@ from evoprune.report import budget_words, results_table, run_words
 from evoprune.stats import main_group
 
 README = ROOT / "README.md"
+PERFORMANCE = ROOT / "docs" / "performance.md"  # holds the generated bench table
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
@@ -119,7 +121,7 @@ BENCH_ROWS = (  # (label, figure, format, target)
 
 
 def bench_section(bench: dict) -> str:
-    """The README's performance table, generated from reports/bench.json (written by ``make bench``)."""
+    """The performance page's bench table, generated from reports/bench.json (written by ``make bench``)."""
     figures = bench["figures"]
     how = "the `race` search's parent against `published`'s final genome on the same fresh samples"
     rows = [{"figure": label, "measured": fmt.format(figures[key]) if figures.get(key) is not None else "not measured",
@@ -148,19 +150,19 @@ values (the search uses one process unless `--workers` says otherwise).
 {BENCH_END}"""
 
 
-def _replace_section(text: str, begin: str, end: str, section: str) -> str:
+def _replace_section(text: str, begin: str, end: str, section: str, name: str = "README.md") -> str:
     if begin not in text or end not in text:
-        raise EvopruneError(f"README.md has no {begin} ... {end} section to fill.")
+        raise EvopruneError(f"{name} has no {begin} ... {end} section to fill.")
     before, rest = text.split(begin, 1)
     return before + section + rest.split(end, 1)[1]
 
 
 def update_readme(profile: str, root: Path | None = None) -> Path:
     """Replace the README's results section with the one generated from ``reports/<profile>/summary.json``, and
-    its performance table with the one generated from ``reports/bench.json`` when that exists."""
-    text = _replace_section(README.read_text(), BEGIN, END,
-                            readme_section(read_json(report_paths(profile, root).summary)))
+    the performance page's bench table with the one generated from ``reports/bench.json`` when that exists."""
+    README.write_text(_replace_section(README.read_text(), BEGIN, END,
+                                       readme_section(read_json(report_paths(profile, root).summary))))
     if BENCH.exists():
-        text = _replace_section(text, BENCH_BEGIN, BENCH_END, bench_section(read_json(BENCH)))
-    README.write_text(text)
+        PERFORMANCE.write_text(_replace_section(PERFORMANCE.read_text(), BENCH_BEGIN, BENCH_END,
+                                                bench_section(read_json(BENCH)), "docs/performance.md"))
     return README
