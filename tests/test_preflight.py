@@ -6,7 +6,7 @@ import pytest
 
 from evoprune import EvopruneError, models, preflight
 from evoprune.cli import build_parser, main, search_settings
-from evoprune.records import OUTPUT_ROOT_ENV, ROOT, read_json
+from evoprune.records import OUTPUT_ROOT_ENV, ROOT, read_json, report_paths
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_auto_runs_offline_without_the_hub_and_says_why_first(capsys, data_dir, 
     out, err = capsys.readouterr()
     assert out == "offline\n"
     assert err.startswith("make reproduce: no PROFILE given, running profile offline") and "'gpt2'" in err
-    record = read_json(offline_machine / "reports" / "offline" / preflight.CHOICE_FILE)
+    record = read_json(report_paths("offline", offline_machine).profile_choice)
     assert record["profile"] == "offline" and record["chosen"] == "auto" and "gpt2" in record["why"]
 
 
@@ -37,7 +37,7 @@ def test_auto_runs_paper_where_the_hub_is_reachable(capsys, monkeypatch, offline
     monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: True)
     assert main(["check", "--profile", "auto"]) == 0
     assert capsys.readouterr().out == "paper\n"
-    assert read_json(offline_machine / "reports" / "paper" / preflight.CHOICE_FILE)["chosen"] == "auto"
+    assert read_json(report_paths("paper", offline_machine).profile_choice)["chosen"] == "auto"
 
 
 def test_auto_with_neither_names_both_ways(capsys, monkeypatch, offline_machine):
@@ -51,7 +51,7 @@ def test_auto_with_neither_names_both_ways(capsys, monkeypatch, offline_machine)
 
 def test_a_given_profile_is_recorded_as_given(capsys, monkeypatch, offline_machine):
     assert main(["check", "--profile", "smoke", "--record"]) == 0
-    record = read_json(offline_machine / "reports" / "smoke" / preflight.CHOICE_FILE)
+    record = read_json(report_paths("smoke", offline_machine).profile_choice)
     assert record["chosen"] == "given" and record["why"] == "PROFILE=smoke"
 
 

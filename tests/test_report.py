@@ -1,7 +1,7 @@
 """The report's summaries of searches repeated over seeds, from records alone (no model)."""
 import pytest
 
-from evoprune.report import budget_words, wall_times
+from evoprune.report import budget_words, run_words, wall_times
 from evoprune.stats import (claims, fitness_comparison, layer_profiles, rank_correlation, reference_tokens,
                             seed_table)
 
@@ -108,3 +108,11 @@ def test_wall_times_count_what_was_read_back_in_words():
     assert wall_times(prov) == ("02 10 s (4,096 float32 and 1,024 bfloat16 forward tokens; "
                                 "1 search and 2 measurements read back); "
                                 "03 20 s (0 searches and 1 measurement read back); 30 s (0.5 min) in all")
+
+
+def test_the_run_words_say_how_make_reproduce_chose_the_profile():
+    prov = {"git_commit": "abcdef0123", "hardware": {"cpu": "EPYC", "cores": 2, "capability": "AVX2"},
+            "budgets": {"race": {"dtype": "float32"}}, "notebook_wall_s": {"01": 5.0}}
+    assert "chose" not in run_words(prov) and "The profile was" not in run_words(prov)
+    prov["profile_choice"] = {"profile": "offline", "chosen": "auto", "why": "no hub; local data found"}
+    assert "The profile was auto (no hub; local data found)." in run_words(prov)

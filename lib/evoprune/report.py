@@ -36,6 +36,8 @@ def load_records(paths: ReportPaths) -> dict:
     """The notebooks' records; a missing one is an error naming the notebook that writes it."""
     records = {name: read_json(paths.require(paths.record(name), notebook)) for name, notebook in RECORDS.items()}
     records["timings"] = read_json(paths.timings) if paths.timings.exists() else {}
+    choice = paths.profile_choice
+    records["profile_choice"] = read_json(choice) if choice.exists() else None
     optional = paths.record("downstream")  # 03 writes it when its profile names downstream tasks
     records["downstream"] = read_json(optional) if optional.exists() else {"rows": []}
     return records
@@ -72,7 +74,8 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
                                               if "read_back" in v},
                        "notebook_forward_tokens": {k: v["forward_tokens"] for k, v in records["timings"].items()
                                                    if "forward_tokens" in v},
-                       "recorded_at": {name: records[name]["provenance"]["recorded_at"] for name in RECORDS}},
+                       "recorded_at": {name: records[name]["provenance"]["recorded_at"] for name in RECORDS},
+                       "profile_choice": records.get("profile_choice")},
         "parameter_counts": baseline["parameter_counts"],
         "dense": {k: baseline["dense"][k] for k in ("test_ppl", "study_ppl")},
         "uniform": [{k: r[k] for k in ("sparsity", "criterion", "block_sparsity", "test_ppl", "study_ppl")}
@@ -391,8 +394,10 @@ def budget_words(cfg: dict | None) -> str:
 def run_words(prov: dict) -> str:
     """Where and how the run was made: its commit, the machine, the search fitness dtype and the wall times."""
     dtypes = sorted({b["dtype"] for b in prov.get("budgets", {}).values() if "dtype" in b})
+    choice = prov.get("profile_choice")
+    chosen = f" The profile was {choice['chosen']} ({choice['why']})." if choice else ""
     return (f"Run at commit {prov['git_commit'][:7]} on {machine_words(prov['hardware'])}, search fitness in "
-            f"{', '.join(dtypes) or 'not recorded'}. Notebook wall times: "
+            f"{', '.join(dtypes) or 'not recorded'}.{chosen} Notebook wall times: "
             f"{wall_times(prov)}, as recorded when 04_analysis wrote this summary.")
 
 
