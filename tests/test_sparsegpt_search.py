@@ -7,7 +7,7 @@ import pytest
 from evoprune import EvopruneError
 from evoprune.cli import main
 from evoprune.objective import build_objective, split_settings
-from evoprune.search import CHECKPOINT, RESULT, optimize
+from evoprune.search import CHECKPOINT, optimize
 from evoprune.search_runs import run_search
 from evoprune.session import Session
 
@@ -67,13 +67,13 @@ def test_a_sparsegpt_search_resumes_after_a_kill(session, tmp_path):
     assert resumed.genome == whole.genome and resumed.fitness == whole.fitness
 
 
-def test_strategies_that_do_not_move_by_levels_are_refused(session, tmp_path):
-    settings, spec = split_settings({"model": "tiny-gpt2", "target": 0.5, "strategy": "elitist",
-                                     "criterion": "sparsegpt", "population": 2, "generations": 1,
-                                     "fitness_windows": 1, "dtype": "float32"})
+def test_other_strategies_and_targets_between_levels_are_refused_before_anything_loads():
     with pytest.raises(EvopruneError, match="--strategy race"):
-        run_search(session, settings, spec, tmp_path / "run", progress=False)
-    assert not (tmp_path / "run" / RESULT).exists()
+        split_settings({"target": 0.5, "strategy": "elitist", "criterion": "sparsegpt"})
+    with pytest.raises(EvopruneError, match="--target 0.45 is not a level"):
+        split_settings({"target": 0.45, "strategy": "race", "criterion": "sparsegpt"})
+    assert main(["search", "--model", "tiny-gpt2", "--criterion", "sparsegpt", "--target", "0.45",
+                 "--out", "never-made"]) == 2
 
 
 def test_the_command_line_evaluates_and_exports_sparsegpt(data_dir, tmp_path, capsys):

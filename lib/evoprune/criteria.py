@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from evoprune import EvopruneError
+from evoprune.grid import GRID
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Criterion:
     pruner: Callable | None = None      # a factory that replaces the score-order pruner (see the module docstring)
     help: str = ""
     calibration: tuple[int, int] = (8, 1024)  # validation windows x tokens that calibrate it (and OWL's ratios)
+    grid: tuple[float, ...] | None = None  # rates it takes, when only the levels of a grid (a level database)
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -82,6 +84,6 @@ def sparsegpt_pruner(model, name: str, genes_per_block: int, calibration):
     return levels.LevelPruner(model, levels.build(model, calibration), genes_per_block)
 
 
-register(Criterion("sparsegpt", pruner=sparsegpt_pruner, needs_calibration=True, calibration=(32, 512),
+register(Criterion("sparsegpt", pruner=sparsegpt_pruner, needs_calibration=True, calibration=(32, 512), grid=GRID,
                    help="optimal-brain-surgeon reconstruction (SparseGPT) from a level database; rates on its grid "
                         "0, 0.1, ..., 0.9"))

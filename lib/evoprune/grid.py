@@ -35,7 +35,7 @@ def level_of(rate: float, grid: Sequence[float]) -> int:
     k = int(math.floor(rate / grid[1] + 0.5))
     if not 0 <= k < len(grid) or abs(rate - grid[k]) > ON_GRID:
         raise EvopruneError(f"rate {rate} is not a level of the sparsegpt database (levels {list(grid)}): round the "
-                            f"genome with evoprune.levels.snap_to_grid, or build a database with a finer grid.")
+                            f"genome with evoprune.grid.snap_to_grid, or build a database with a finer grid.")
     return k
 
 

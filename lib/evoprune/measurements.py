@@ -9,7 +9,8 @@ from pathlib import Path
 
 # the modules whose code, with the weights, data and settings in a measurement's key (the dtype already resolved),
 # decides the number
-MEASURING_CODE = ("models.py", "data.py", "criteria.py", "pruning.py", "perplexity.py", "prefix.py", "session.py")
+MEASURING_CODE = ("models.py", "data.py", "criteria.py", "pruning.py", "perplexity.py", "prefix.py", "session.py",
+                  "sparsegpt.py", "levels.py", "grid.py")
 
 
 def measuring_code() -> str:

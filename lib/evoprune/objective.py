@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from evoprune import EvopruneError, perplexity
-from evoprune.criteria import names as criterion_names
+from evoprune.criteria import get_criterion, names as criterion_names
 from evoprune.prefix import PrefixScorer, scoring_order
 from evoprune.pruning import GENES, Pruner
 from evoprune.options import applying, flag, option, strategy_defaults
@@ -92,7 +92,23 @@ def split_settings(values: dict) -> tuple[Settings, FitnessSpec]:
     if unknown:
         raise EvopruneError(f"unknown search setting {unknown[0]!r}: use one of {', '.join(sorted(own | spec))}.")
     settings = Settings.from_dict({k: v for k, v in values.items() if k in own})
-    return settings, FitnessSpec(**{k: v for k, v in values.items() if k in spec}).for_strategy(settings.strategy)
+    spec = FitnessSpec(**{k: v for k, v in values.items() if k in spec}).for_strategy(settings.strategy)
+    check_levels(settings, spec)
+    return settings, spec
+
+
+def check_levels(settings: Settings, spec: FitnessSpec) -> None:
+    """A criterion whose rates are the levels of a grid (SparseGPT) is searched by the race, whose moves are level
+    switches, at a target that is a level: refused before anything is loaded or built."""
+    grid = get_criterion(spec.criterion).grid
+    if grid is None:
+        return
+    if settings.strategy != "race":
+        raise EvopruneError(f"--criterion {spec.criterion} takes only the levels {list(grid)}: search it with "
+                            "--strategy race, whose moves are level switches.")
+    if not any(abs(settings.target - level) < 1e-9 for level in grid):
+        raise EvopruneError(f"--target {settings.target} is not a level of --criterion {spec.criterion} "
+                            f"({list(grid)}): give one of them.")
 
 
 def identity(settings: Settings, spec: FitnessSpec) -> dict:
