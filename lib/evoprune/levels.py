@@ -10,10 +10,10 @@ come from the already pruned blocks before it); at high sparsity the two differ,
 
 Layout: ``<root>/sparsegpt-<key>/identity.json`` and one ``block-NNN.safetensors`` per decoder block holding
 ``<matrix name>@<level index>`` for levels 1.. (level 0 is the dense weight and is never stored), float32, in the
-weight's stored layout (GPT-2 Conv1D: (in, out)). ``key`` hashes the identity: format, algorithm, a hash
-of sparsegpt.py and its parameters, the model's weights hash, the calibration tokens' hash, window count and length, the grid and the
-dtype; other calibration or another grid gives another directory, and a directory whose identity.json differs
-from the one asked for is refused. A block file is written atomically once its matrices are done, so a killed
+weight's stored layout (GPT-2 Conv1D: (in, out)). ``key`` hashes the identity: format, algorithm, a hash of
+sparsegpt.py and its parameters, the model's weights hash, the calibration tokens' hash, window count and length,
+the grid and the dtype; other calibration or another grid gives another directory, and a directory whose
+identity.json differs from the one asked for is refused. A block file is written atomically once its matrices are done, so a killed
 build resumes from the finished blocks (only their Hessians are collected again: one calibration forward).
 
 Genome -> levels: a rate must be a grid level (within 1e-6) and is refused otherwise, with a message naming
