@@ -13,8 +13,9 @@ Layout: ``<root>/sparsegpt-<key>/identity.json`` and one ``block-NNN.safetensors
 weight's stored layout (GPT-2 Conv1D: (in, out)). ``key`` hashes the identity: format, algorithm, a hash of
 sparsegpt.py and its parameters, the model's weights hash, the calibration tokens' hash, window count and length,
 the grid and the dtype; other calibration or another grid gives another directory, and a directory whose
-identity.json differs from the one asked for is refused. A block file is written atomically once its matrices are done, so a killed
-build resumes from the finished blocks (only their Hessians are collected again: one calibration forward).
+identity.json differs from the one asked for is refused. A block file is written atomically once its matrices
+are done, so a killed build resumes from the finished blocks (only their Hessians are collected again: one
+calibration forward).
 
 Genome -> levels: a rate must be a grid level (within 1e-6) and is refused otherwise, with a message naming
 ``snap_to_grid``, which rounds a genome to the grid with its parameter-weighted mean exactly at a target level.
