@@ -6,7 +6,7 @@ first 16 windows of ``python-docs`` (1024 tokens), in the dtype ``auto`` chooses
 Never the test split.
 
 Needs 01's sensitivity scan (``reports/offline/baseline.json``). Usage: python bench/race_step.py [RULE:STEP ...]
-[--criterion C] [--target T] [--genes block|group] [--budgets N,N] [--seeds N,N] [--name NAME] (default:
+[--criterion C] [--target T] [--genes block|group|matrix] [--budgets N,N] [--seeds N,N] [--name NAME] (default:
 fixed:0.025 fixed:0.05 adaptive:0.05 at 45% magnitude, one rate per block, 130k and 260k tokens, seed 0; ``group``:
 an attention and an MLP rate per block, the rules' block rates given to both); the last line is one JSON object, also written
 to ``reports/race_step-<NAME>.json`` (default NAME: ``<C>-<T%>``) with its provenance. About 5 minutes per
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=["fixed:0.025", "fixed:0.05", "adaptive:0.05"])
     parser.add_argument("--criterion", default="magnitude")
     parser.add_argument("--target", type=float, default=0.45)
-    parser.add_argument("--genes", default="block", help="block (one rate per block) or group (attention and MLP)")
+    parser.add_argument("--genes", default="block", help="block (one rate per block), group (attention and MLP) or matrix (one per matrix)")
     parser.add_argument("--budgets", default="130000,260000", help="token budgets, each continuing the last")
     parser.add_argument("--seeds", default="0", help="the searches' seeds, comma-separated")
     parser.add_argument("--name", help="writes reports/race_step-NAME.json (default: <criterion>-<target%%>)")

@@ -28,7 +28,7 @@ data = None  # a directory (relative to the repository root), "wikitext2" (hub),
 interactive = False  # show the pruning panel (loads the model)
 panel_windows = 2  # calibration windows the panel scores on every change
 panel_seq_len = 256
-panel_genes = "block"  # one slider per block, or "group": attention and MLP sliders, the genes of the searches
+panel_genes = "block"  # one slider per block, "group": attention and MLP sliders, or "matrix": one per matrix
 dtype = "auto"  # of the panel's live perplexity (auto: bfloat16 where measured fast)
 
 # %%

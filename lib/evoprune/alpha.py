@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from evoprune import EvopruneError
-from evoprune.models import prunable_matrices
+from evoprune.genes import gene_indices
+from evoprune.models import blocks, prunable_matrices
 
 # Candidate xmins, by the names of the authors' ``fix_fingers`` options:
 #   "peak" ('xmin_peak', ``--ww_metric alpha_peak``: the default of their LLM main.py and of every script behind
@@ -113,12 +114,11 @@ def matrix_alpha(weight: torch.Tensor, xmin: str = "peak") -> float:
 
 def block_alphas(model: nn.Module, genes_per_block: int = 1, xmin: str = "peak") -> list[float]:
     """One metric per gene: the plain (unweighted) mean of its matrices' alphas, as the authors average per
-    block. ``genes_per_block=2`` gives (attention, MLP) per block, in the order of ``Pruner.gene_of``."""
-    if genes_per_block not in (1, 2):
-        raise EvopruneError("genes_per_block must be 1 (one rate per block) or 2 (attention, MLP).")
+    block. ``genes_per_block=2`` gives (attention, MLP) per block, the matrices per block each matrix's own alpha,
+    in the order of ``Pruner.gene_of`` (``genes.gene_indices``)."""
+    matrices = prunable_matrices(model)
     by_gene: dict[int, list[float]] = {}
-    for m in prunable_matrices(model):
-        gene = m.block * genes_per_block + (m.group if genes_per_block == 2 else 0)
+    for m, gene in zip(matrices, gene_indices(matrices, len(blocks(model)), genes_per_block)):
         by_gene.setdefault(gene, []).append(matrix_alpha(m.weight, xmin))
     return [sum(a) / len(a) for _, a in sorted(by_gene.items())]
 

@@ -10,7 +10,7 @@ whole-block removal in ``dtype`` on ``removal_windows``.
 from __future__ import annotations
 
 
-from evoprune import export, hardware, models, perplexity
+from evoprune import export, genes, hardware, models, perplexity
 from evoprune.criteria import CRITERIA
 from evoprune.data import PYTHON_DOCS
 from evoprune.provenance import provenance
@@ -188,14 +188,11 @@ def rule_rows(session: Session, criterion: str, target: float, rules: dict[str, 
 
 
 def genome_table(rows: list[dict], n_blocks: int) -> list[dict]:
-    """One row per block: each search's best rate, or its attention and MLP rates (``--genes group``)."""
-    def rates(row: dict, block: int) -> dict[str, float]:
-        genome = row["genome"]
-        if row["config"]["genes"] == "group":
-            return {"attention": genome[2 * block], "MLP": genome[2 * block + 1]}
-        return {"": genome[block]}
-    return [{"block": b, **{f"GA {r['run']} {group}".rstrip(): rate for r in rows
-                            for group, rate in rates(r, b).items()}} for b in range(n_blocks)]
+    """One row per block: each search's best rate, or its attention and MLP rates (``--genes group``), or its rate
+    of each matrix (``--genes matrix``)."""
+    columns = {f"GA {r['run']} {kind}".rstrip(): profile for r in rows
+               for kind, (profile,) in genes.profiles([r["genome"]], n_blocks).items()}
+    return [{"block": b, **{name: profile[b] for name, profile in columns.items()}} for b in range(n_blocks)]
 
 
 def criterion_budget(budget: dict, criterion: str) -> dict:

@@ -162,29 +162,18 @@ class LevelPruner(Pruner):
 
     def __init__(self, model: nn.Module, database: LevelDatabase, genes_per_block: int = 1):
         self.model, self.database = model, database
-        self.matrices = prunable_matrices(model)
-        self.n_blocks = len(blocks(model))
-        per_block = len(self.matrices) // self.n_blocks
-        if genes_per_block not in (1, 2, per_block):
-            raise EvopruneError(f"genes_per_block must be 1 (per block), 2 (attention, MLP) or {per_block} (one "
-                                "per matrix).")
+        self.set_layout(genes_per_block)
         if not database.complete():
             raise EvopruneError(f"the level database {database.path} is incomplete (blocks "
                                 f"{database.missing_blocks()} missing): run evoprune.levels.build again to finish it.")
         if database.identity["weights"] != weights_hash(model):
             raise EvopruneError(f"the level database {database.path} was built for other weights: build one for this "
                                 "dense model.")
-        self.genes_per_block, self.grid = genes_per_block, database.grid
-        self.position = {m.name: i % per_block for i, m in enumerate(self.matrices)}
+        self.grid = database.grid
         self.dense = [m.weight.data.clone() for m in self.matrices]
         self.levels = [0] * len(self.matrices)
         self.removed = [0] * len(self.matrices)
         self.genome = [0.0] * self.n_genes
-
-    def gene_of(self, m) -> int:
-        if self.genes_per_block in (1, 2):
-            return super().gene_of(m)
-        return m.block * self.genes_per_block + self.position[m.name]
 
     def apply(self, genome) -> None:
         """Prune to a genome of grid levels (one per gene, or one number for all); other rates are refused."""

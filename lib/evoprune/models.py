@@ -21,29 +21,12 @@ import torch
 from torch import nn
 
 from evoprune import EvopruneError, private_tmp
+from evoprune.architectures import ARCHITECTURES, Architecture
 
 SMOLLM2 = "smollm2-135m"
 TINY_GPT2 = "tiny-gpt2"
 CACHE_DIR = Path(__file__).resolve().parents[2] / "data" / "cache"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Where a family keeps its decoder blocks and which matrices in a block are pruned."""
-    name: str
-    blocks_path: str
-    attention: tuple[str, ...]
-    mlp: tuple[str, ...]
-    transposed: bool  # GPT-2's Conv1D stores weights as (in, out)
-
-
-ARCHITECTURES = (
-    Architecture("gpt2", "transformer.h", ("attn.c_attn", "attn.c_proj"), ("mlp.c_fc", "mlp.c_proj"), True),
-    Architecture("llama", "model.layers",
-                 ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-                 ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), False),
-)
 
 
 @dataclass

@@ -15,7 +15,8 @@ import torch
 from evoprune import EvopruneError, perplexity
 from evoprune.criteria import get_criterion, names as criterion_names
 from evoprune.prefix import PrefixScorer, scoring_order
-from evoprune.pruning import GENES, Pruner
+from evoprune.genes import GENES
+from evoprune.pruning import Pruner, layout_genes
 from evoprune.options import applying, flag, option, strategy_defaults
 from evoprune.search import Settings
 
@@ -44,7 +45,8 @@ class FitnessSpec:
     dtype: str = option("dtype of fitness: auto (bfloat16 where measured fast), float32 or bfloat16",
                         default="auto")
     test_dtype: str = option("dtype of the reported test numbers", default="float32")
-    genes: str = option("block (one rate per block) or group (attention and MLP rates per block)", default="block")
+    genes: str = option("block (one rate per block), group (attention and MLP rates per block) or matrix (one rate "
+                        "per matrix)", default="block")
     seq_len: int = option("tokens per fitness window (reported test numbers always use 1024)", default=1024)
     batch_size: int = option("windows per forward", default=4)
 
@@ -58,7 +60,7 @@ class FitnessSpec:
         return applying(self, "race")  # every field applies to every strategy
 
     def check(self, strategy: str) -> None:
-        choices = {"fitness": FITNESS_KINDS, "genes": tuple(GENES), "fitness_split": FITNESS_SPLITS,
+        choices = {"fitness": FITNESS_KINDS, "genes": GENES, "fitness_split": FITNESS_SPLITS,
                    "protocol": FITNESS_PROTOCOLS, "criterion": criterion_names(),
                    "dtype": perplexity.DTYPE_CHOICES, "test_dtype": tuple(perplexity.DTYPES)}
         for name, allowed in choices.items():
@@ -121,7 +123,7 @@ def build_objective(session, spec: FitnessSpec, fitness_windows: int | None = No
     """Fitness of genomes on ``session``'s model for ``spec`` (its dtype already resolved); ``fitness_windows``:
     the full-fidelity sample, checked against the split; ``reuse``: skip the blocks a genome prunes as a recently
     scored one did (the same numbers)."""
-    pruner = session.pruner(spec.criterion, GENES[spec.genes], spec.dtype)
+    pruner = session.pruner(spec.criterion, layout_genes(spec.genes, session.model), spec.dtype)
     return ModelObjective(pruner, session.tokens(spec.fitness_split).ids, spec, fitness_windows, reuse)
 
 

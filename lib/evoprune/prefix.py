@@ -14,7 +14,7 @@ Llama's rotary tables come from positions, which do not change. Boundaries are c
 the blocks and on the final norm, by reference: no copies.
 
 Blocks match when each of their matrices has the same number of weights removed (``Pruner.removed``): exactly
-what decides the weights, so both genes of a block count under ``genes_per_block=2``, and rates that differ only
+what decides the weights, so every gene of a block counts (group or matrix genes), and rates that differ only
 by floating-point noise still match. Batches are keyed by their token ids and the dtype.
 
 Memory: a kept genome costs (stored boundaries) x windows x seq_len x hidden x 4 bytes (float32 residual stream,

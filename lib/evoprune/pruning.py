@@ -1,4 +1,5 @@
-"""Unstructured pruning of block matrices driven by a rate vector (one gene per block or per block x group).
+"""Unstructured pruning of block matrices driven by a rate vector (one gene per block, per block x group or per
+matrix: ``genes`` module).
 
 Each matrix gets an *ordering*: its weights sorted from least to most important by a criterion, ties broken
 by position, so pruning at rate r zeroes exactly the first ``round(r * numel)`` entries. Orderings are computed
@@ -16,13 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
-from evoprune import EvopruneError
+from evoprune import EvopruneError, genes
 from evoprune.criteria import Criterion, get_criterion, wanda_scores
-from evoprune.models import Matrix, blocks, copy_in, prunable_matrices
+from evoprune.models import Matrix, architecture_of, blocks, copy_in, prunable_matrices
 from evoprune.perplexity import count_forward
 
 GROUPS = ("attention", "mlp")
-GENES = {"block": 1, "group": 2}  # gene layouts: one rate per block, or an attention and an MLP rate per block
 
 
 @torch.no_grad()
@@ -75,9 +75,19 @@ def orderings(matrices: list[Matrix], criterion: Criterion, norms: dict | None) 
         return list(pool.map(one, matrices))
 
 
-def genes_per_block(genome, n_blocks: int) -> int:
-    """2 for a rate vector with an attention and an MLP rate per block, else 1 (a number counts as either)."""
-    return 2 if isinstance(genome, (list, tuple)) and len(genome) == 2 * n_blocks else 1
+def matrices_per_block(model: nn.Module) -> int:
+    return len(architecture_of(model).matrices)
+
+
+def layout_genes(layout: str, model: nn.Module) -> int:
+    """Genes per block of a named layout (``genes.GENES``) on ``model``: 1, 2 or its matrices per block."""
+    return genes.per_block(layout, matrices_per_block(model))
+
+
+def genes_per_block(genome, model: nn.Module) -> int:
+    """The layout of a rate vector on ``model`` from its length: 2 with an attention and an MLP rate per block,
+    the matrices per block with one rate per matrix, else 1 (a number counts as any)."""
+    return genes.detect(genome, len(blocks(model)), matrices_per_block(model))
 
 
 def build_pruner(model: nn.Module, criterion: str, genes_per_block: int = 1,
@@ -112,13 +122,9 @@ class Pruner:
 
     def __init__(self, model: nn.Module, criterion: str = "magnitude", genes_per_block: int = 1,
                  calibration: torch.Tensor | None = None):
-        if genes_per_block not in (1, 2):
-            raise EvopruneError("genes_per_block must be 1 (one rate per block) or 2 (attention, MLP).")
         self.model = model
         self.criterion = criterion
-        self.genes_per_block = genes_per_block
-        self.n_blocks = len(blocks(model))
-        self.matrices = prunable_matrices(model)
+        self.set_layout(genes_per_block)
         chosen = get_criterion(criterion)
         norms = None
         if chosen.needs_calibration:
@@ -130,12 +136,23 @@ class Pruner:
         self.removed = [0] * len(self.matrices)
         self.genome = [0.0] * self.n_genes
 
+    def set_layout(self, genes_per_block: int) -> None:
+        """The model's matrices and which gene each follows (``genes.gene_indices``)."""
+        self.matrices, self.n_blocks = prunable_matrices(self.model), len(blocks(self.model))
+        self.genes_per_block = genes_per_block
+        self.gene_index = dict(zip((m.name for m in self.matrices),
+                                   genes.gene_indices(self.matrices, self.n_blocks, genes_per_block)))
+
     @property
     def n_genes(self) -> int:
         return self.n_blocks * self.genes_per_block
 
     def gene_of(self, m: Matrix) -> int:
-        return m.block * self.genes_per_block + (m.group if self.genes_per_block == 2 else 0)
+        return self.gene_index[m.name]
+
+    def gene_names(self) -> list[str]:
+        """Each gene's short name (``genes.label``), e.g. for sliders."""
+        return [genes.label(g, self.genes_per_block) for g in range(self.n_genes)]
 
     def gene_sizes(self) -> list[int]:
         """Prunable parameters behind each gene (the weights of a parameter-weighted mean)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from statistics import mean
 
+from evoprune import genes
+
 NEAR_DENSE, DEGRADED = 1.5, 4.0  # ratios to dense up to which a perplexity reads "near dense", then "degraded"
 
 
@@ -321,14 +323,11 @@ def profiles(summary: dict, shown: int = 3) -> str:
     runs, n_blocks = main_runs(summary), summary["parameter_counts"]["n_blocks"]
     if not runs:
         return "No search with an exact target in this profile."
-    genomes = [r["genome"] for r in runs]
-    groups = {"": genomes} if len(genomes[0]) == n_blocks else {
-        "attention ": [g[0::2] for g in genomes], "MLP ": [g[1::2] for g in genomes]}
     lines = []
-    for group, rates in groups.items():
+    for group, rates in genes.profiles([r["genome"] for r in runs], n_blocks).items():
         avg = [mean(col) for col in zip(*rates)]
         order = sorted(range(n_blocks), key=avg.__getitem__)
-        lines.append(f"- {group or 'block '}rates average {mean(avg):.2f}; kept densest: blocks "
+        lines.append(f"- {group or 'block'} rates average {mean(avg):.2f}; kept densest: blocks "
                      f"{words([f'{b} ({avg[b]:.2f})' for b in order[:shown]])}; pruned most: "
                      f"{words([f'{b} ({avg[b]:.2f})' for b in order[::-1][:shown]])}.")
     for s in summary.get("seeds", []):

@@ -18,7 +18,7 @@ from evoprune.objective import FitnessSpec, build_objective, identity, split_set
 from evoprune.criteria import get_criterion
 from evoprune.grid import snap_to_grid
 from evoprune.provenance import provenance
-from evoprune.pruning import GENES, owl_rates, sensitivity_rates
+from evoprune.pruning import layout_genes, owl_rates, sensitivity_rates
 from evoprune.records import REPORTED_DTYPE, SearchRecord, Spent
 from evoprune.search import RESULT, Settings, finished_result, optimize
 from evoprune.session import Session
@@ -50,12 +50,14 @@ def rule_allocations(session: Session, target: float, genes: str, sensitivity: l
                      criterion: str = "magnitude", dtype: str = REPORTED_DTYPE) -> dict[str, list]:
     """The allocations that need no search at ``target``, per gene of the ``genes`` layout: OWL, AlphaPruning
     (its epsilon chosen on validation for ``criterion``) and the sensitivity ranking when a scan is given (uniform
-    is always the race's first candidate)."""
+    is always the race's first candidate). A rule's block rate goes to every gene of its block; AlphaPruning's
+    rates are per gene (each matrix's own alpha for one gene per matrix)."""
     rules = {"OWL": owl_rates(session.outlier_ratios(), target)}
     if sensitivity is not None:
         rules["sensitivity"] = sensitivity_rates(sensitivity, target)
-    per_gene = {name: [rate for rate in rates for _ in range(GENES[genes])] for name, rates in rules.items()}
-    return {**per_gene, "AlphaPruning": alpha_allocation(session, target, GENES[genes], criterion, dtype)}
+    per_block = layout_genes(genes, session.model)
+    per_gene = {name: [rate for rate in rates for _ in range(per_block)] for name, rates in rules.items()}
+    return {**per_gene, "AlphaPruning": alpha_allocation(session, target, per_block, criterion, dtype)}
 
 
 ALPHA_WINDOWS = 4  # fixed validation windows of 1024 tokens on which AlphaPruning's epsilon is chosen
@@ -64,6 +66,7 @@ ALPHA_WINDOWS = 4  # fixed validation windows of 1024 tokens on which AlphaPruni
 def alpha_allocation(session: Session, target: float, genes_per_block: int, criterion: str, dtype: str) -> list[float]:
     """AlphaPruning's rates at ``target`` with the epsilon of ``alpha.EPSILONS`` that gives the lowest validation
     perplexity under ``criterion`` (never test); on a level grid (SparseGPT) each candidate is snapped to it."""
+    alphas = session.block_alphas(genes_per_block)  # first: it restores the session, the pruner would not know
     pruner = session.pruner(criterion, genes_per_block, dtype)
     wins = perplexity.windows(session.tokens("validation").ids, 1024, ALPHA_WINDOWS)
     sizes = pruner.gene_sizes()
@@ -72,7 +75,7 @@ def alpha_allocation(session: Session, target: float, genes_per_block: int, crit
         pruner.apply(on_grid(pruner, rates, target))
         return perplexity.primary(pruner.model, wins, dtype=perplexity.get_dtype(dtype)).ppl
 
-    choice = alpha.best_epsilon(validation_ppl, session.block_alphas(genes_per_block), target, sizes=sizes)
+    choice = alpha.best_epsilon(validation_ppl, alphas, target, sizes=sizes)
     session.restore()
     return on_grid(pruner, choice.rates, target)
 

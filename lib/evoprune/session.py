@@ -71,8 +71,8 @@ class Session:
         return self._outliers
 
     def block_alphas(self, genes_per_block: int = 1) -> list[float]:
-        """AlphaPruning's heavy-tail exponents of the dense model, per block (or per attention and MLP group),
-        computed once."""
+        """AlphaPruning's heavy-tail exponents of the dense model, per block (or per attention and MLP group, or
+        per matrix), computed once."""
         if genes_per_block not in self._alphas:
             self.restore()
             self._alphas[genes_per_block] = alpha.block_alphas(self.model, genes_per_block)
@@ -119,11 +119,11 @@ class Session:
             self._pruners[key].restore()
 
     def genes_per_block(self, genome) -> int:
-        """2 for a rate vector with an attention and an MLP rate per block, else 1 (a number counts as either)."""
-        return genes_per_block(genome, self.n_blocks)
+        """The layout of a rate vector from its length (``pruning.genes_per_block``): 1, 2 or one gene per matrix."""
+        return genes_per_block(genome, self.model)
 
     def apply(self, genome, criterion: str = "magnitude", dtype: str = REPORTED_DTYPE) -> Pruner:
-        """Prune to a rate vector (one rate per block, per block x group, or one number for all)."""
+        """Prune to a rate vector (one rate per block, per block x group, per matrix, or one number for all)."""
         pruner = self.pruner(criterion, self.genes_per_block(genome), dtype)
         pruner.apply(genome)
         return pruner

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from evoprune import EvopruneError
+from evoprune import EvopruneError, genes
 from evoprune.records import SearchRecord
 
 
@@ -62,16 +62,14 @@ def run_groups(ga_rows: list[dict]) -> dict[str, str]:
 
 def layer_profiles(summary: dict) -> dict[str, list[list[float]]]:
     """Figure 2's input: the best genome of each search, one per seed, one rate per block. A search with an
-    attention and an MLP rate per block (``--genes group``, stored in turn) gives two profiles. Keyed by the
-    search's first run: the figure's label counts the seeds."""
-    profiles = {}
+    attention and an MLP rate per block (``--genes group``, stored in turn) gives two profiles, one with a rate per
+    matrix (``--genes matrix``) one per matrix of a block (``genes.profiles``). Keyed by the search's first run
+    (and the kind of gene): the figure's label counts the seeds."""
+    profiles, n_blocks = {}, summary["parameter_counts"]["n_blocks"]
     for rows in seed_groups(summary["ga"]).values():
-        name, genomes = rows[0]["run"], [row["genome"] for row in rows]
-        if rows[0]["config"]["genes"] == "group":
-            profiles[f"{name} attention"] = [g[0::2] for g in genomes]
-            profiles[f"{name} MLP"] = [g[1::2] for g in genomes]
-        else:
-            profiles[name] = genomes
+        name = rows[0]["run"]
+        for kind, genomes in genes.profiles([row["genome"] for row in rows], n_blocks).items():
+            profiles[f"{name} {kind}".rstrip()] = genomes
     return profiles
 
 

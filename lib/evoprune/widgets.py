@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 from evoprune import EvopruneError, perplexity
 from evoprune.hardware import resolve_dtype
 from evoprune.grid import snap_to_grid
-from evoprune.pruning import GENES, Pruner, build_pruner
+from evoprune.genes import GENES
+from evoprune.pruning import Pruner, build_pruner, layout_genes
 from evoprune.strategies import project
 from evoprune.records import read_json, ReportPaths, study_published, write_json
 
@@ -43,10 +44,6 @@ def default_presets(n_genes: int, target: float, paths: ReportPaths | None = Non
     if len(study) == n_genes:
         presets["the study's published GA (GPT-2)"] = study
     return presets
-
-
-def gene_label(gene: int, genes_per_block: int) -> str:
-    return f"block {gene}" if genes_per_block == 1 else f"{gene // 2}.{('attn', 'mlp')[gene % 2]}"
 
 
 class Debouncer:
@@ -98,8 +95,8 @@ class PrunePanel:
         start = self._initial_genome(initial, target)
 
         self.sliders = [w.FloatSlider(value=g, min=0.0, max=g_max, step=step or 0.001, readout_format=".3f",
-                                      description=gene_label(i, self.pruner.genes_per_block), continuous_update=False)
-                        for i, g in enumerate(start)]
+                                      description=name, continuous_update=False)
+                        for name, g in zip(self.pruner.gene_names(), start)]
         self.target = w.FloatSlider(value=target, min=0.0, max=g_max, step=step or 0.005, description="target",
                                     readout_format=".3f")
         self.rescale_button = w.Button(description="rescale to target", icon="compress")
@@ -241,7 +238,8 @@ class PrunePanel:
         ax = fig.add_subplot()
         bars = ax.bar(range(len(self.sliders)), [0.0] * len(self.sliders), color="tab:blue")
         line = ax.axhline(0.0, color="tab:red", ls=":", label="target")
-        xlabel = "block" if self.pruner.genes_per_block == 1 else "gene (attention, MLP of each block)"
+        xlabel = {1: "block", 2: "gene (attention, MLP of each block)"}.get(self.pruner.genes_per_block,
+                                                                           "gene (each matrix of each block)")
         ax.set(ylim=(0, self.g_max * 100), xlabel=xlabel, ylabel="pruning rate (%)")
         ax.legend(loc="upper left", fontsize=7)
         return fig, bars, line
@@ -249,7 +247,7 @@ class PrunePanel:
     @cached_property
     def blocks(self) -> w.Accordion:
         """The sliders by block, in collapsible sections of blocks (the first one open): a block's attention and
-        MLP sliders side by side on one row, or with one gene a block, three blocks a row."""
+        MLP sliders (or its matrices' sliders) side by side on one row, or with one gene a block, three blocks a row."""
         per_block = self.pruner.genes_per_block
         rows = [w.HBox(self.sliders[b * per_block:(b + 1) * per_block]) for b in range(self.pruner.n_blocks)]
         span = len(rows) if len(rows) <= MAX_SECTION_BLOCKS else SECTION_BLOCKS
@@ -276,14 +274,14 @@ def open_panel(model: str, data: str, paths: ReportPaths, target: float = 0.45, 
     """A panel on a fresh copy of ``model``, scored on the first validation windows, with the presets of the
     profile's reports and export to ``reports/<profile>/panel_genome.json``. It opens uniform at ``target``, or
     at ``initial``: a genome or a preset's name, e.g. ``"GA best (default)"``. ``genes``: one slider per block,
-    or (``group``) an attention and an MLP slider per block; the presets are the searches with those genes.
+    (``group``) an attention and an MLP slider per block, or (``matrix``) one per matrix; the presets are the searches with those genes.
     ``criterion``: any registered one (SparseGPT's sliders move by its database's levels)."""
     from evoprune.session import Session
     if genes not in GENES:
         raise EvopruneError(f"genes={genes!r}: use one of {', '.join(GENES)}.")
     session, dtype = Session(model, data), resolve_dtype(dtype)
     windows = perplexity.windows(session.tokens("validation").ids, seq_len, n_windows)
-    pruner = session.pruner(criterion, GENES[genes], dtype)
+    pruner = session.pruner(criterion, layout_genes(genes, session.model), dtype)
     return PrunePanel(pruner.model, windows, pruner, default_presets(pruner.n_genes, target, paths), target,
                       debounce_s=debounce_s, dtype=dtype, export_path=paths.reports / "panel_genome.json",
                       initial=initial)
