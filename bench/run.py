@@ -178,13 +178,15 @@ def child_json(*argv: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def search_peak_rss_gib(data: str) -> float:
-    """Peak resident memory of a short race search on SmolLM2 (prefix reuse on, stages of 1, 2 and 4 windows), in a
-    child process of its own; run before any other child, since the figure is the largest child's."""
+def search_peak_rss_gib(data: str, *options: str, model: str = "smollm2-135m", target: float = 0.45) -> float:
+    """Peak resident memory of a short race search (prefix reuse on, stages of 1, 2 and 4 windows; ``options``:
+    more search flags, e.g. ``--criterion sparsegpt``), in a child process of its own; run before any other child,
+    since the figure is the largest child's."""
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "-m", "evoprune", "search", "--model", "smollm2-135m", "--data", data,
-                        "--target", "0.45", "--strategy", "race", "--offspring", "4", "--generations", "2",
-                        "--test-windows", "1", "--no-progress", "--out", out], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "evoprune", "search", "--model", model, "--data", data,
+                        "--target", str(target), "--strategy", "race", "--offspring", "4", "--generations", "2",
+                        "--test-windows", "1", "--no-progress", *options, "--out", out], check=True,
+                       capture_output=True)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20  # KiB -> GiB
 
 
