@@ -34,7 +34,10 @@ DTYPES = ("float32", "bfloat16")
 TARGETS = {"fitness_peak_fraction": ">= 0.7", "auto_over_best": "<= 1.05", "prefix_reuse_ratio": "<= 0.8",
            "offline_overhead_ratio": "<= 1.15", "peak_rss_gib": "<= 3", "apply_over_eval": "<= 0.05",
            "bf16_ppl_rel_error": "<= 0.005", "search_token_ratio": "<= 0.05",
-           "compressed_export_ratio_70": "<= 0.6"}
+           "compressed_export_ratio_70": "<= 0.6", "sparsegpt_apply_over_eval": "<= 0.05",
+           "sparsegpt_peak_rss_gib": "<= 6"}
+SPARSEGPT = {"build_over_forward": "sparsegpt_build_over_forward", "database_gib": "sparsegpt_database_gib",
+             "apply_over_eval": "sparsegpt_apply_over_eval", "search_peak_rss_gib": "sparsegpt_peak_rss_gib"}
 RACE = {"strategy": "race", "target": 0.45, "offspring": 8, "generations": 3, "stages": 2}  # prefix-reuse search
 
 
@@ -178,13 +181,15 @@ def child_json(*argv: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def search_peak_rss_gib(data: str) -> float:
-    """Peak resident memory of a short race search on SmolLM2 (prefix reuse on, stages of 1, 2 and 4 windows), in a
-    child process of its own; run before any other child, since the figure is the largest child's."""
+def search_peak_rss_gib(data: str, *options: str, model: str = "smollm2-135m", target: float = 0.45) -> float:
+    """Peak resident memory of a short race search (prefix reuse on, stages of 1, 2 and 4 windows; ``options``:
+    more search flags, e.g. ``--criterion sparsegpt``), in a child process of its own; run before any other child,
+    since the figure is the largest child's."""
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "-m", "evoprune", "search", "--model", "smollm2-135m", "--data", data,
-                        "--target", "0.45", "--strategy", "race", "--offspring", "4", "--generations", "2",
-                        "--test-windows", "1", "--no-progress", "--out", out], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "evoprune", "search", "--model", model, "--data", data,
+                        "--target", str(target), "--strategy", "race", "--offspring", "4", "--generations", "2",
+                        "--test-windows", "1", "--no-progress", *options, "--out", out], check=True,
+                       capture_output=True)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20  # KiB -> GiB
 
 
@@ -208,6 +213,8 @@ def main() -> None:
     at_70 = [row for row in figures["export_size"]["rows"] if row["rate"] == 0.7]
     figures["compressed_export_ratio_70"] = max(row["ratio"] for row in at_70)
     figures["compressed_export_identical"] = all(row["identical_logits"] for row in figures["export_size"]["rows"])
+    figures["sparsegpt_cost"] = child_json("bench/sparsegpt_cost.py")
+    figures.update({key: figures["sparsegpt_cost"][own] for own, key in SPARSEGPT.items()})
 
     print(f"SmolLM2-135M, {N_WINDOWS}x{SEQ_LEN} validation tokens, {figures['threads']} threads, CPU capability "
           f"{figures['cpu_capability']}; dtype auto -> {chosen}")
@@ -225,6 +232,11 @@ def main() -> None:
     print("compressed (sparse-bitmask) export size / dense export size, uniform magnitude: " + ", ".join(
         f"{row['rate']:.0%} {row['dtype']} {row['ratio']:.3f}" for row in figures["export_size"]["rows"])
         + f"; reloads to identical logits: {figures['compressed_export_identical']}")
+    s = figures["sparsegpt_cost"]
+    print(f"sparsegpt level database ({s['database_levels']} levels, {s['database_gib']:.2f} GiB): build "
+          f"{s['build_s']:.0f} s = {s['build_over_forward']:.1f} dense forwards of its {s['calibration'][0]}x"
+          f"{s['calibration'][1]} calibration tokens; apply / eval {s['apply_over_eval']:.3f}; race search peak RSS "
+          f"{s['search_peak_rss_gib']:.2f} GiB")
     for key, target in TARGETS.items():
         print(f"  {key}: {figures.get(key)}  (target {target})")
     write_json(ROOT / "reports" / "bench.json", {"figures": figures, "provenance": provenance(command="make bench")})

@@ -117,6 +117,14 @@ BENCH_ROWS = (  # (label, figure, format, target)
     ("tokens the main search needed to reach `published`'s final result / tokens `published` used", "search_token_ratio",
      "{:.3f}", "≤ 0.05"),
     ("apply + evaluate / plain Hugging Face forward of the same model, chosen dtype", "overhead_ratio", "{:.3f}", ""),
+    ("SparseGPT level database: build / one dense fp32 forward of its calibration windows (32 x 512)",
+     "sparsegpt_build_over_forward", "{:.1f}", ""),
+    ("SparseGPT level database on disk (GiB)", "sparsegpt_database_gib", "{:.2f}", ""),
+    ("SparseGPT: apply a new genome of levels / one fitness evaluation", "sparsegpt_apply_over_eval", "{:.3f}",
+     "≤ 0.05"),
+    ("peak resident memory of a sparsegpt race search (GiB)", "sparsegpt_peak_rss_gib", "{:.2f}", "≤ 6"),
+    ("compressed (sparse-bitmask) export / dense export on disk at 70%, the larger of float32 and bfloat16",
+     "compressed_export_ratio_70", "{:.3f}", "≤ 0.6"),
 )
 
 
