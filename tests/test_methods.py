@@ -68,6 +68,8 @@ def test_export_round_trip_gives_the_same_perplexity(setup, tmp_path):
     assert saved["same_ppl"] and saved["ppl"] == saved["ppl_reloaded"]
     assert saved["nonzero_parameters"] < saved["parameters"] and saved["bytes_on_disk"] > 0
     assert (tmp_path / "model" / "config.json").is_file()
+    assert saved["compressed_same_ppl"] and 0 < saved["compressed_over_dense"] < 1
+    assert (tmp_path / "model-compressed" / "config.json").is_file()
 
 
 def test_reported_numbers_take_their_own_study_windows(setup):

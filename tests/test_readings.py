@@ -136,6 +136,8 @@ def test_methods_removal_exports_and_downstream():
     assert "2 and 5 (9 evaluations)" in readings.removal_search(removal_ga)
     exports = [{"dir": "/x/ga-wanda", "ppl": 3.0, "ppl_reloaded": 3.5, "same_ppl": False, "test_windows": 1}]
     assert "`ga-wanda`: 3 before, 3.5 after (different)" in readings.exports(exports)
+    exports[0].update(compressed_bytes_on_disk=40, compressed_over_dense=0.4, compressed_same_ppl=True)
+    assert "compressed 0.40x the dense size on disk with the same perplexity" in readings.exports(exports)
     assert readings.downstream([]) == "No downstream tasks in this profile."
     row = {"criterion": "magnitude", "name": "dense", "accuracy": 0.45, "task": "t", "n": 100, "test_ppl": 25.0}
     assert "0.45 on t (100 items)" in readings.downstream([row]) and "0.05" in readings.downstream([row])

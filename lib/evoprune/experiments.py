@@ -229,8 +229,9 @@ def ga_sweep(session: Session, paths: ReportPaths, targets: list[float], criteri
 
 def export_check(session: Session, out_dir, genome=None, removed=None, criterion: str = "magnitude",
                  n_windows: int = 2) -> dict:
-    """Save the pruned model (``genome`` rates and/or ``removed`` blocks) as a Hugging Face directory, reload it
-    with AutoModelForCausalLM, and compare float32 test perplexity before and after."""
+    """Save the pruned model (``genome`` rates and/or ``removed`` blocks) as a Hugging Face directory, dense and
+    compressed (``<out_dir>-compressed``, sparse-bitmask), reload each (AutoModelForCausalLM;
+    ``export.load_compressed``) and compare float32 test perplexity before and after, and the sizes on disk."""
     import copy
     from transformers import AutoModelForCausalLM
     wins = perplexity.windows(session.tokens("test").ids, max_windows=n_windows)
@@ -241,11 +242,15 @@ def export_check(session: Session, out_dir, genome=None, removed=None, criterion
         models.remove_blocks(model, removed)
     before = perplexity.primary(model, wins).ppl
     saved = export.export(model, out_dir, session.tokenizer)
+    compressed = export.export(model, f"{out_dir}-compressed", format="compressed")
     del model
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=perplexity.get_dtype(REPORTED_DTYPE)).eval()
     after = perplexity.primary(reloaded, wins).ppl
+    after_compressed = perplexity.primary(export.load_compressed(compressed["dir"]), wins).ppl
     return {**saved, "removed": list(removed or []), "ppl": before, "ppl_reloaded": after, "test_windows": len(wins),
-            "same_ppl": before == after}
+            "same_ppl": before == after, "compressed_bytes_on_disk": compressed["bytes_on_disk"],
+            "compressed_over_dense": compressed["bytes_on_disk"] / saved["bytes_on_disk"],
+            "compressed_same_ppl": after_compressed == before}
 
 
 def export_dir(profile: str, name: str):

@@ -271,9 +271,17 @@ def removal_search(record) -> str:
 def exports(rows: list[dict]) -> str:
     """``methods_ga.json``'s ``exports``: each saved model reloaded and re-scored."""
     parts = [f"`{r['dir'].rsplit('/', 1)[-1]}`: {ppl(r['ppl'])} before, {ppl(r['ppl_reloaded'])} after "
-             f"({'the same' if r['same_ppl'] else 'different'})" for r in rows]
+             f"({'the same' if r['same_ppl'] else 'different'})" + compressed_words(r) for r in rows]
     return ("Saved as Hugging Face directories and reloaded with `AutoModelForCausalLM`, test perplexity "
             f"(float32, {n_windows(rows[0]['test_windows'])}): {'; '.join(parts)}.")
+
+
+def compressed_words(row: dict) -> str:
+    """An export's compressed (sparse-bitmask) copy: its size against the dense one, and its reload."""
+    if "compressed_over_dense" not in row:
+        return ""
+    same = "the same perplexity" if row["compressed_same_ppl"] else "a **different** perplexity"
+    return f", compressed {row['compressed_over_dense']:.2f}x the dense size on disk with {same}"
 
 
 def downstream(rows: list[dict]) -> str:

@@ -334,10 +334,13 @@ The local task `wikitext_lastword` is last-word prediction on WikiText-2 test se
 {markdown_table(rows)}"""
 
 
+EXPORT_COLUMNS = ("dir", "parameters", "nonzero_parameters", "bytes_on_disk", "ppl", "ppl_reloaded", "same_ppl",
+                  "compressed_bytes_on_disk", "compressed_over_dense", "compressed_same_ppl")
+
+
 def methods_section(summary: dict) -> str:
     m = summary["methods"]
-    exports = [{k: e[k] for k in ("dir", "parameters", "nonzero_parameters", "bytes_on_disk", "ppl", "ppl_reloaded",
-                                  "same_ppl")} for e in m["exports"]]
+    exports = [{k: e[k] for k in EXPORT_COLUMNS if k in e} for e in m["exports"]]
     for e in exports:
         e["dir"] = Path(e["dir"]).name
     return f"""## Beyond the study: criteria, allocations without search, whole-block removal
@@ -355,7 +358,8 @@ latency in float32, median of greedy generation and of one forward):
 
 {markdown_table(removal_table(summary))}
 Exported as Hugging Face directories and reloaded with `AutoModelForCausalLM` (float32 perplexity before and
-after, on {m['exports'][0]['test_windows']} test windows):
+after, on {m['exports'][0]['test_windows']} test windows; `compressed_*`: the same model in compressed-tensors'
+sparse-bitmask format, reloaded with `export.load_compressed`):
 
 {markdown_table(exports)}"""
 
