@@ -247,11 +247,14 @@ class PrunePanel:
     @cached_property
     def blocks(self) -> w.Accordion:
         """The sliders by block, in collapsible sections of blocks (the first one open): a block's attention and
-        MLP sliders (or its matrices' sliders) side by side on one row, or with one gene a block, three blocks a row."""
+        MLP sliders (or its matrices' sliders, wrapped to the output's width) side by side on one row, or with one
+        gene a block, two blocks a row (three overflow a notebook's output area)."""
         per_block = self.pruner.genes_per_block
-        rows = [w.HBox(self.sliders[b * per_block:(b + 1) * per_block]) for b in range(self.pruner.n_blocks)]
+        wrap = w.Layout(flex_flow="row wrap")
+        rows = [w.HBox(self.sliders[b * per_block:(b + 1) * per_block], layout=wrap)
+                for b in range(self.pruner.n_blocks)]
         span = len(rows) if len(rows) <= MAX_SECTION_BLOCKS else SECTION_BLOCKS
-        columns = w.Layout(grid_template_columns=f"repeat({3 if per_block == 1 else 1}, max-content)")
+        columns = w.Layout(grid_template_columns=f"repeat({2 if per_block == 1 else 1}, max-content)")
         sections = [w.GridBox(rows[start:start + span], layout=columns) for start in range(0, len(rows), span)]
         titles = [f"blocks {start}-{min(start + span, len(rows)) - 1}" for start in range(0, len(rows), span)]
         return w.Accordion(children=sections, titles=titles, selected_index=0)
