@@ -430,6 +430,18 @@ def test_race_starts_from_the_best_rule_each_exactly_at_the_target():
     assert search.best_genome == min(first, key=lambda g: bowl(g, None))
 
 
+def test_a_race_computes_its_start_rules_only_when_generation_0_runs(tmp_path):
+    asked = []
+
+    def rules():
+        asked.append(1)
+        return {"OWL": [0.45, 0.65] * 4}
+
+    first = optimize(Bowl(UNEQUAL), UNEQUAL, config("race", offspring=4, generations=2), tmp_path, rules=rules)
+    resumed = optimize(Bowl(UNEQUAL), UNEQUAL, config("race", offspring=4, generations=3), tmp_path, rules=rules)
+    assert asked == [1] and set(first.strategy.start) == set(resumed.strategy.start) == {"uniform", "OWL"}
+
+
 def test_raising_the_token_budget_continues_to_the_result_of_the_larger_budget_from_the_start(tmp_path):
     small, large = (config("race", offspring=4, budget_tokens=tokens) for tokens in (40_000, 90_000))
     whole = outcome(optimize(Bowl(EQUAL), EQUAL, large, tmp_path / "whole"))

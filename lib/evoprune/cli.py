@@ -161,10 +161,11 @@ def search_in(args, settings, spec) -> dict:
     session = Session(spec.model, spec.data)
     given = {**asdict(settings), **{k: v for k, v in asdict(spec).items() if k not in ("model", "data")}}
     settings, spec = settings_on(session, {k: v for k, v in given.items() if v is not None})
-    sensitivity = None
-    if settings.strategy == "race":  # a race starts from the best rule: the sensitivity ranking is one
-        sensitivity = [row["ppl"] for row in sensitivity_scan(
-            session, spec.criterion, SCAN_RATE, 1, spec.dtype, progress=not args.no_progress)]
+
+    def sensitivity() -> list[float]:  # a race starts from the best rule, the sensitivity ranking one of them
+        return [row["ppl"] for row in sensitivity_scan(session, spec.criterion, SCAN_RATE, 1, spec.dtype,
+                                                         progress=not args.no_progress)]
+
     if args.workers > 1:
         from evoprune import workers
         backend = "ray" if args.ray_address else args.backend

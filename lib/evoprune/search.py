@@ -234,7 +234,7 @@ class Search:
     """One search's state; ``run`` advances it generation by generation, checkpointing into ``out``."""
 
     def __init__(self, objective: Objective, sizes: Sequence[int], settings: Settings, out: Path | None = None,
-                 progress: bool = False, rules: dict[str, list] | None = None, context: dict | None = None,
+                 progress: bool = False, rules=None, context: dict | None = None,
                  tokens_per_window: int | None = None, grid: Sequence[float] | None = None):
         """``context``: what else defines the search (the fitness spec's fields), part of its identity;
         ``tokens_per_window``: what a scored window costs, and ``grid``: the levels genes are restricted to (a
@@ -407,11 +407,11 @@ def as_sample(saved):
 
 
 def optimize(objective: Objective, sizes: Sequence[int], settings: Settings, out: Path | None = None,
-             progress: bool = False, rules: dict[str, list] | None = None, context: dict | None = None,
+             progress: bool = False, rules=None, context: dict | None = None,
              tokens_per_window: int | None = None, grid: Sequence[float] | None = None) -> Search:
     """Run (or resume, from ``out``) a search on any objective ``f(genome, sample) -> float``; ``rules``: named
-    genomes a race starts from besides uniform (the allocations that need no search); ``context``: the rest of
-    the search's identity (``Search``)."""
+    genomes a race starts from besides uniform (the allocations that need no search), or a function giving them
+    (called only if generation 0 runs); ``context``: the rest of the search's identity (``Search``)."""
     return Search(objective, sizes, settings, out, progress, rules, context, tokens_per_window, grid).run()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -61,11 +62,21 @@ def rule_allocations(session: Session, target: float, genes: str, sensitivity: l
 
 
 ALPHA_WINDOWS = 4  # fixed validation windows of 1024 tokens on which AlphaPruning's epsilon is chosen
+_chosen_alpha: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # session -> {setting: rates}
 
 
 def alpha_allocation(session: Session, target: float, genes_per_block: int, criterion: str, dtype: str) -> list[float]:
     """AlphaPruning's rates at ``target`` with the epsilon of ``alpha.EPSILONS`` that gives the lowest validation
-    perplexity under ``criterion`` (never test); on a level grid (SparseGPT) each candidate is snapped to it."""
+    perplexity under ``criterion`` (never test); on a level grid (SparseGPT) each candidate is snapped to it. Chosen
+    once per session and setting (every seed's race and the rules' table share it)."""
+    chosen = _chosen_alpha.setdefault(session, {})
+    key = (target, genes_per_block, criterion, dtype)
+    if key not in chosen:
+        chosen[key] = choose_alpha(session, target, genes_per_block, criterion, dtype)
+    return list(chosen[key])
+
+
+def choose_alpha(session: Session, target: float, genes_per_block: int, criterion: str, dtype: str) -> list[float]:
     alphas = session.block_alphas(genes_per_block)  # first: it restores the session, the pruner would not know
     pruner = session.pruner(criterion, genes_per_block, dtype)
     wins = perplexity.windows(session.tokens("validation").ids, 1024, ALPHA_WINDOWS)
@@ -98,11 +109,11 @@ def calibration_words(criterion: str, grid) -> dict | None:
 
 
 def run_search(session: Session, settings: Settings, spec: FitnessSpec, out, progress: bool = True, objective=None,
-               sensitivity: list[float] | None = None) -> SearchRecord:
+               sensitivity=None) -> SearchRecord:
     """Search for the rate vector with the best fitness at ``settings.target``; write and return its record.
     ``objective``: a parallel scorer of the session's objective (``workers.open_pool``), else the session's own.
-    A race starts from the best of uniform, OWL and (given a scan's perplexities, ``sensitivity``) the
-    sensitivity ranking."""
+    A race starts from the best of uniform, OWL, AlphaPruning and (given a scan's perplexities, ``sensitivity``,
+    or a function that scans) the sensitivity ranking, computed only when its generation 0 runs."""
     out = Path(out)
     spec = data_identity.same_text_elsewhere(out, spec, session.data)  # moved data: the saved search's name
     config = identity(settings, spec)
@@ -116,9 +127,12 @@ def run_search(session: Session, settings: Settings, spec: FitnessSpec, out, pro
         for split in (spec.fitness_split, "test"):
             local_file(session.data, split)
     own = build_objective(session, spec, settings.fitness_windows)
-    rules = (rule_allocations(session, settings.target, spec.genes, sensitivity, spec.criterion, spec.dtype)
-             if settings.strategy == "race" else None)
-    found = optimize(objective or own, own.pruner.gene_sizes(), settings, out, progress, rules, spec.as_config(),
+    def rules() -> dict[str, list]:  # only when the race's generation 0 runs, not on a resume
+        scan = sensitivity() if callable(sensitivity) else sensitivity
+        return rule_allocations(session, settings.target, spec.genes, scan, spec.criterion, spec.dtype)
+
+    found = optimize(objective or own, own.pruner.gene_sizes(), settings, out, progress,
+                     rules if settings.strategy == "race" else None, spec.as_config(),
                      own.tokens_per_window, own.grid).outcome()
     uniform = [settings.target] * own.pruner.n_genes
     start = found.start if "uniform" in found.start else {**found.start,

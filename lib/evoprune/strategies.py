@@ -224,10 +224,10 @@ class Race:
     generations succeed (``adapt_step``)."""
     cache = True
 
-    def __init__(self, settings: Settings, sizes: Sequence[int], rules: dict[str, list] | None = None,
-                 grid: Sequence[float] | None = None):
-        self.settings, self.sizes, self.grid = settings, sizes, grid
-        self.rules = {"uniform": [settings.target] * len(sizes), **(rules or {})}
+    def __init__(self, settings: Settings, sizes: Sequence[int], rules=None, grid: Sequence[float] | None = None):
+        """``rules``: named genomes to start from besides uniform, or a function giving them, called only when
+        generation 0 runs (a resumed search does not compute its start again)."""
+        self.settings, self.sizes, self.grid, self.given_rules = settings, sizes, grid, rules
         self.start: dict[str, float] = {}  # each rule's fitness on generation 0's sample
         self.step = settings.step  # of the next generation's moves
 
@@ -235,8 +235,10 @@ class Race:
         """Every rule allocation, projected onto the exact target, scored on one sample of the last stage's size;
         the best becomes the parent."""
         s = self.settings
-        names = list(self.rules)
-        candidates = [self.onto_target(self.rules[name]) for name in names]
+        given = self.given_rules() if callable(self.given_rules) else self.given_rules
+        rules = {"uniform": [s.target] * len(self.sizes), **(given or {})}
+        names = list(rules)
+        candidates = [self.onto_target(rules[name]) for name in names]
         scores = search.evaluator.many(candidates, fresh_sample(s.seed, 0, s.stages - 1, s.stage_windows[-1]))
         self.start = dict(zip(names, scores))
         best = int(np.argmin(scores))
