@@ -36,8 +36,7 @@ from torch import nn
 
 from evoprune import EvopruneError, write_atomically
 from evoprune.models import CACHE_DIR, blocks, prunable_matrices, weights_hash
-from evoprune.perplexity import count_forward
-from evoprune.pruning import Pruner, check_genome, count_for
+from evoprune.pruning import Pruner, calibration_forward, check_genome, count_for
 from evoprune.grid import GRID, check_grid, level_of
 from evoprune.sparsegpt import BLOCKSIZE, PERCDAMP, HessianHooks, prune_levels
 
@@ -117,10 +116,7 @@ def save_block(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 def calibrate(model: nn.Module, matrices: list, calibration: torch.Tensor, batch_size: int) -> HessianHooks:
     """Hessians of ``matrices`` from one forward of the (dense) model over the calibration windows."""
     with HessianHooks(model, matrices) as hooks:
-        for start in range(0, len(calibration), batch_size):
-            batch = calibration[start: start + batch_size]
-            count_forward(torch.float32, batch.numel())
-            model.base_model(input_ids=batch.to(model.device), use_cache=False)
+        calibration_forward(model, calibration, batch_size)
     return hooks
 
 

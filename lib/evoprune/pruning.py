@@ -38,14 +38,20 @@ def input_norms(model: nn.Module, calibration: torch.Tensor, batch_size: int = 4
             sums[name] += (x * x).sum(dim=0)
         hooks.append(model.get_submodule(m.name).register_forward_pre_hook(accumulate))
     try:
-        for start in range(0, len(calibration), batch_size):
-            batch = calibration[start: start + batch_size]
-            count_forward(torch.float32, batch.numel())
-            model.base_model(input_ids=batch.to(model.device))
+        calibration_forward(model, calibration, batch_size)
     finally:
         for h in hooks:
             h.remove()
     return {name: total.sqrt() for name, total in sums.items()}
+
+
+@torch.no_grad()
+def calibration_forward(model: nn.Module, calibration: torch.Tensor, batch_size: int = 4) -> None:
+    """Run the calibration windows through the model's blocks (no LM head) for the hooks that watch them."""
+    for start in range(0, len(calibration), batch_size):
+        batch = calibration[start: start + batch_size]
+        count_forward(torch.float32, batch.numel())
+        model.base_model(input_ids=batch.to(model.device))
 
 
 def ordering(scores: torch.Tensor, per_row: bool, transposed: bool) -> torch.Tensor:
