@@ -94,3 +94,9 @@ def test_a_criterion_may_bring_its_own_pruner_instead_of_a_score():
         del criteria.CRITERIA["own-pruner"]
     with pytest.raises(EvopruneError, match="not both"):
         criteria.register(criteria.Criterion("both", score=criteria.magnitude_scores, pruner=factory))
+
+
+def test_no_module_but_the_optimizer_reads_a_checkpoint():
+    readers = [path.name for path in PACKAGE.glob("*.py")
+               if path.name != "search.py" and ("CHECKPOINT" in path.read_text() or "checkpoint.json" in path.read_text())]
+    assert readers == []

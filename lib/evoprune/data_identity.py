@@ -17,7 +17,7 @@ from evoprune import EvopruneError
 from evoprune.data import HUB, PYTHON_DOCS, local_file
 from evoprune.records import read_json, write_json
 from evoprune.objective import FitnessSpec
-from evoprune.search import CHECKPOINT, RESULT
+from evoprune.search import saved_search
 
 RECORD = "data.json"
 
@@ -41,10 +41,11 @@ def fingerprint(data: str, splits: list[str]) -> dict[str, dict] | None:
 def saved_identity(out: Path) -> tuple[dict, dict | None] | None:
     """(saved config, its data fingerprint or None if unrecorded) of the search in ``out``; None if there is none.
     A record left by a run that saved nothing else describes no search and is removed."""
-    saved = next((read_json(out / name) for name in (RESULT, CHECKPOINT) if (out / name).is_file()), None)
-    if saved is None:
+    found = saved_search(out)
+    if found is None:
         (out / RECORD).unlink(missing_ok=True)
         return None
+    saved = found[1]
     config = saved.get("config", {})
     if (out / RECORD).is_file():
         return config, read_json(out / RECORD)["splits"]

@@ -424,15 +424,20 @@ def finished_result(out: Path, config: dict) -> dict | None:
         raise EvopruneError(f"--out {out} is a file: give a directory for the search's results.")
     if not any(out.iterdir()):
         return None
-    for name in (RESULT, CHECKPOINT):
-        if (out / name).is_file():
-            saved = read_json(out / name)
-            if not same_search(saved.get("config", {}), config):
-                raise EvopruneError(f"--out {out} holds a different search ({name} has another config): use a "
-                                    f"new --out, or delete {out} to start over.")
-            if not budget_at_least(config, saved["config"]):
-                raise EvopruneError(f"--out {out} holds this search run with a larger budget: give at least its "
-                                    f"--generations {saved['config']['generations']} and --budget-tokens "
-                                    f"{saved['config'].get('budget_tokens')}, or use a new --out.")
-            return saved if name == RESULT and saved["config"] == config else None
-    raise EvopruneError(f"--out {out} is not empty and holds no search: give a new or empty directory.")
+    found = saved_search(out)
+    if found is None:
+        raise EvopruneError(f"--out {out} is not empty and holds no search: give a new or empty directory.")
+    name, saved = found
+    if not same_search(saved.get("config", {}), config):
+        raise EvopruneError(f"--out {out} holds a different search ({name} has another config): use a "
+                            f"new --out, or delete {out} to start over.")
+    if not budget_at_least(config, saved["config"]):
+        raise EvopruneError(f"--out {out} holds this search run with a larger budget: give at least its "
+                            f"--generations {saved['config']['generations']} and --budget-tokens "
+                            f"{saved['config'].get('budget_tokens')}, or use a new --out.")
+    return saved if name == RESULT and saved["config"] == config else None
+
+
+def saved_search(out: Path) -> tuple[str, dict] | None:
+    """What ``out`` holds of a search, as (file name, its contents): its result, else its checkpoint, else None."""
+    return next(((name, read_json(out / name)) for name in (RESULT, CHECKPOINT) if (out / name).is_file()), None)
