@@ -1,7 +1,7 @@
 """A session: one loaded model and everything measured on it.
 
-It loads the model once (float32), tokenizes each split once, calibrates every criterion on the same validation
-windows, keeps one pruner per criterion, gene layout and dtype (a copy of the model in another dtype is made once
+It loads the model once (float32), tokenizes each split once, calibrates each criterion on its validation windows
+(``Criterion.calibration``), keeps one pruner per criterion, gene layout and dtype (a copy of the model in another dtype is made once
 and shared) and looks test perplexities up in the profile's measurement log before measuring them. The notebooks'
 experiments, the command line, the panel, ``make bench`` and the search objective (``objective``) all go
 through it.
@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 from evoprune import alpha, hardware, models, perplexity
-from evoprune.data import PYTHON_DOCS, Tokens, load_tokens
 from evoprune.criteria import get_criterion
+from evoprune.data import PYTHON_DOCS, Tokens, load_tokens, resolve_data
 from evoprune.pruning import Pruner, build_pruner, genes_per_block, outlier_ratios
-from evoprune.data import resolve_data
 from evoprune.measurements import MeasurementLog
 from evoprune.records import REPORTED_DTYPE
 
