@@ -1,8 +1,8 @@
 """A session: one loaded model and everything measured on it.
 
 It loads the model once (float32), tokenizes each split once, calibrates each criterion on its validation windows
-(``Criterion.calibration``), keeps one pruner per criterion, gene layout and dtype (a copy of the model in another dtype is made once
-and shared) and looks test perplexities up in the profile's measurement log before measuring them. The notebooks'
+(``Criterion.calibration``), keeps one pruner per criterion, gene layout and dtype (a copy of the model in another
+dtype is made once and shared) and looks test perplexities up in the profile's measurement log before measuring them. The notebooks'
 experiments, the command line, the panel, ``make bench`` and the search objective (``objective``) all go
 through it.
 
