@@ -2,9 +2,9 @@
 
 It loads the model once (float32), tokenizes each split once, calibrates each criterion on its validation windows
 (``Criterion.calibration``), keeps one pruner per criterion, gene layout and dtype (a copy of the model in another
-dtype is made once and shared) and looks test perplexities up in the profile's measurement log before measuring them. The notebooks'
-experiments, the command line, the panel, ``make bench`` and the search objective (``objective``) all go
-through it.
+dtype is made once and shared) and looks test perplexities up in the profile's measurement log before measuring
+them. The notebooks' experiments, the command line, the panel, ``make bench`` and the search objective
+(``objective``) all go through it.
 
 Pruners of one model share its weights: ``pruner()`` hands one out after giving the model back dense from the one
 that last changed it, so ask the session for a pruner again after using another criterion or layout.
