@@ -15,7 +15,9 @@ PY := $(VENV)/bin/python
 # The local WikiText-2 copy beside the checkout, unless the caller points elsewhere.
 export EVOPRUNE_DATA_DIR ?= $(if $(wildcard ../shared/data/wikitext-2-raw/test.txt),$(abspath ../shared/data),)
 
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+# A profile's `notebooks: [...]` line names the notebooks it runs (notebook.profile_notebooks); default: all.
+LISTED := $(shell sed -n 's/^notebooks: *\[\(.*\)\].*/\1/p' params/$(PROFILE).yaml 2>/dev/null | tr ',' ' ')
+NOTEBOOKS := $(if $(strip $(LISTED)),$(patsubst %,notebooks/%.py,$(LISTED)),$(sort $(wildcard notebooks/[0-9][0-9]_*.py)))
 EXECUTED := $(patsubst notebooks/%.py,reports/$(PROFILE)/executed/%.ipynb,$(NOTEBOOKS))
 ANALYSIS := reports/$(PROFILE)/executed/04_analysis.ipynb
 
@@ -55,7 +57,7 @@ FORCE:
 
 # What each notebook reads of the others' records (see each notebook's "Reads" line).
 EXEC := reports/$(PROFILE)/executed
-$(EXEC)/02_uniform_sweep.ipynb $(EXEC)/03_ga_search.ipynb: $(EXEC)/01_baseline.ipynb
+$(EXEC)/02_uniform_sweep.ipynb $(EXEC)/03_ga_search.ipynb $(EXEC)/05_methods.ipynb: $(EXEC)/01_baseline.ipynb
 $(ANALYSIS): $(filter-out $(ANALYSIS),$(EXECUTED))
 
 # The README's results section, generated from reports/offline/summary.json.

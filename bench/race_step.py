@@ -6,11 +6,13 @@ first 16 windows of ``python-docs`` (1024 tokens), in the dtype ``auto`` chooses
 Never the test split.
 
 Needs 01's sensitivity scan (``reports/offline/baseline.json``). Usage: python bench/race_step.py [RULE:STEP ...]
-[--criterion C] [--target T] [--genes block|group|matrix] [--budgets N,N] [--seeds N,N] [--name NAME] (default:
+[--criterion C] [--target T] [--genes block,group,matrix] [--budgets N,N] [--seeds N,N] [--name NAME] (default:
 fixed:0.025 fixed:0.05 adaptive:0.05 at 45% magnitude, one rate per block, 130k and 260k tokens, seed 0; ``group``:
-an attention and an MLP rate per block, the rules' block rates given to both); the last line is one JSON object, also written
-to ``reports/race_step-<NAME>.json`` (default NAME: ``<C>-<T%>``) with its provenance. About 5 minutes per
-variant and seed at 260k tokens on a 2-core AVX512 CPU.
+an attention and an MLP rate per block, ``matrix``: one per matrix, the rules' block rates given to each; several
+layouts, comma-separated, each race its own layout at the same tokens, a rule that prunes the same weights judged
+once). On a level grid (sparsegpt) the rules are snapped to it first; a step is then one level. The last line is one
+JSON object, also written to ``reports/race_step-<NAME>.json`` (default NAME: ``<C>-<T%>``) with its provenance.
+About 5 minutes per variant and seed at 260k tokens on a 2-core AVX512 CPU.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from evoprune.objective import build_objective, fresh_windows, split_settings
 from evoprune.provenance import provenance
 from evoprune.records import report_paths, ROOT, write_json
 from evoprune.search import optimize
-from evoprune.search_runs import rule_allocations
+from evoprune.pruning import layout_genes
+from evoprune.search_runs import on_grid, rule_allocations
 from evoprune.session import Session
 
 JUDGE_DRAW = (99, 0, 0)
@@ -40,7 +43,8 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=["fixed:0.025", "fixed:0.05", "adaptive:0.05"])
     parser.add_argument("--criterion", default="magnitude")
     parser.add_argument("--target", type=float, default=0.45)
-    parser.add_argument("--genes", default="block", help="block (one rate per block), group (attention and MLP) or matrix (one per matrix)")
+    parser.add_argument("--genes", default="block", help="block (one rate per block), group (attention and MLP) or "
+                        "matrix (one per matrix); several, comma-separated, race each layout")
     parser.add_argument("--budgets", default="130000,260000", help="token budgets, each continuing the last")
     parser.add_argument("--seeds", default="0", help="the searches' seeds, comma-separated")
     parser.add_argument("--name", help="writes reports/race_step-NAME.json (default: <criterion>-<target%%>)")
@@ -52,33 +56,42 @@ def main() -> None:
     judges = {"validation": fresh_windows(session.tokens("validation").ids, 512, 32, JUDGE_DRAW),
               PYTHON_DOCS: perplexity.windows(session.tokens(PYTHON_DOCS).ids, 1024, 16)}
 
-    def judged(genome) -> dict[str, float]:
-        model = session.apply(genome, args.criterion, dtype).model
-        return {text: perplexity.primary(model, wins, 4, perplexity.get_dtype(dtype)).ppl
-                for text, wins in judges.items()}
+    judged_before: dict[tuple, dict[str, float]] = {}
 
-    base = dict(model="smollm2-135m", data=default_data(), target=args.target, criterion=args.criterion,
-                strategy="race", seq_len=512, dtype=dtype, genes=args.genes)
-    rules = rule_allocations(session, args.target, args.genes, sensitivity)
-    allocations = {"uniform": [args.target] * session.n_blocks, **rules}
+    def judged(genome) -> dict[str, float]:
+        pruner = session.apply(genome, args.criterion, dtype)
+        key = tuple(pruner.removed)  # the weights it prunes: a block rule given to every gene is judged once
+        if key not in judged_before:
+            judged_before[key] = {text: perplexity.primary(pruner.model, wins, 4, perplexity.get_dtype(dtype)).ppl
+                                  for text, wins in judges.items()}
+        return judged_before[key]
+
     figures = {"criterion": args.criterion, "target": args.target, "genes": args.genes, "dtype": dtype, "runs": [],
-               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-               "rules": {name: judged(genome) for name, genome in allocations.items()}}
-    for variant, seed in itertools.product(args.variants, [int(s) for s in args.seeds.split(",")]):
-        rule, step = variant.split(":")
-        with tempfile.TemporaryDirectory() as out:
-            for budget in budgets:  # each larger budget continues the smaller one's search
-                settings, spec = split_settings({**base, "step_rule": rule, "step": float(step),
-                                                 "budget_tokens": budget, "seed": seed})
-                objective = build_objective(session, spec)
-                search = optimize(objective, objective.pruner.gene_sizes(), settings, out, False, rules,
-                                  spec.as_config())
-                row = {"step_rule": rule, "step": float(step), "seed": seed, "budget_tokens": budget,
-                       "generations": search.generation, "forward_tokens": search.evaluator.forward_tokens,
-                       "last_step": search.strategy.step,
-                       **judged(search.best_genome)}
-                figures["runs"].append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rules": {}}
+    for genes in args.genes.split(","):
+        base = dict(model="smollm2-135m", data=default_data(), target=args.target, criterion=args.criterion,
+                    strategy="race", seq_len=512, dtype=dtype, genes=genes)
+        rules = rule_allocations(session, args.target, genes, sensitivity, args.criterion, dtype)
+        pruner = session.pruner(args.criterion, layout_genes(genes, session.model), dtype)
+        allocations = {"uniform": [args.target] * pruner.n_genes, **rules}
+        figures["rules"][genes] = {name: {**judged(on_grid(pruner, genome, args.target)),
+                                          "genome": on_grid(pruner, genome, args.target)}
+                                   for name, genome in allocations.items()}
+        for variant, seed in itertools.product(args.variants, [int(s) for s in args.seeds.split(",")]):
+            rule, step = variant.split(":")
+            with tempfile.TemporaryDirectory() as out:
+                for budget in budgets:  # each larger budget continues the smaller one's search
+                    settings, spec = split_settings({**base, "step_rule": rule, "step": float(step),
+                                                     "budget_tokens": budget, "seed": seed})
+                    objective = build_objective(session, spec)
+                    search = optimize(objective, objective.pruner.gene_sizes(), settings, out, False, rules,
+                                      spec.as_config())
+                    row = {"genes": genes, "step_rule": rule, "step": float(step), "seed": seed,
+                           "budget_tokens": budget, "generations": search.generation,
+                           "forward_tokens": search.evaluator.forward_tokens, "last_step": search.strategy.step,
+                           **judged(search.best_genome), "genome": list(search.best_genome)}
+                    figures["runs"].append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "genome"}), file=sys.stderr, flush=True)
     command = " ".join(["python", *sys.argv])
     out = ROOT / "reports" / f"race_step-{args.name or f'{args.criterion}-{round(args.target * 100)}'}.json"
     write_json(out, {"figures": figures, "provenance": provenance(command=command)})

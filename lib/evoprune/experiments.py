@@ -268,7 +268,6 @@ def downstream_study(session: Session, paths: ReportPaths, tasks: list[str], lim
     table's ``method_windows``; ``downstream.json``. No tasks: nothing is run."""
     if not tasks:
         return []
-    from evoprune.downstream import accuracy_rows
     ga_genomes = {f"GA {r['run']}": r["genome"] for r in ga["rows"]
                   if r["target"] == target and r["criterion"] == "magnitude" and r["strategy"] != "published"}
     wanda_ga = {f"GA {r['criterion']}": r["genome"] for r in methods["rows"]
@@ -276,18 +275,30 @@ def downstream_study(session: Session, paths: ReportPaths, tasks: list[str], lim
     plan = {"magnitude": {"dense": 0.0, "uniform": target, **ga_genomes}, "wanda": {"uniform": target, **wanda_ga}}
     windows = {"magnitude": test_windows, "wanda": method_windows}
     rows = []
-    for criterion, genomes in plan.items():
-        by_genes = {}  # one pruner per gene layout: block genes, or attention and MLP genes
-        for name, genome in genomes.items():
-            by_genes.setdefault(session.genes_per_block(genome), {})[name] = genome
-        for per_block, chosen in by_genes.items():
-            pruner = session.pruner(criterion, per_block)
-            for row in accuracy_rows(pruner.model, session.tokenizer, pruner, chosen, tasks, limit, data=session.data):
-                ppl = session.measure(session.apply(row["genome"], criterion), "primary", windows[criterion])
-                rows.append({"criterion": criterion, **{k: v for k, v in row.items() if k != "genome"},
-                             "test_ppl": ppl.ppl, "test_windows": ppl.n_windows})
+    for row in accuracy_table(session, plan, tasks, limit):
+        ppl = session.measure(session.apply(row["genome"], row["criterion"]), "primary", windows[row["criterion"]])
+        rows.append({**{k: v for k, v in row.items() if k != "genome"}, "test_ppl": ppl.ppl,
+                     "test_windows": ppl.n_windows})
     session.restore()
     write_table(rows, paths.table("downstream"))
     record(paths, "downstream", "03_ga_search", session, {"rows": rows, "target": target}, tasks=tasks,
            limit=limit, test_windows=windows, reported_dtype=REPORTED_DTYPE)
+    return rows
+
+
+def accuracy_table(session: Session, plan: dict[str, dict[str, list]], tasks: list[str],
+                   limit: int | None) -> list[dict]:
+    """Accuracy on ``tasks`` of each genome of ``plan`` (criterion -> name -> genome, a number meaning uniform):
+    rows {criterion, name, genome, block_sparsity, task, accuracy, n}; one pruner per criterion and gene layout."""
+    from evoprune.downstream import accuracy_rows
+    rows = []
+    for criterion, genomes in plan.items():
+        by_genes: dict[int, dict] = {}  # one pruner per gene layout: block, group or matrix genes
+        for name, genome in genomes.items():
+            by_genes.setdefault(session.genes_per_block(genome), {})[name] = genome
+        for per_block, chosen in by_genes.items():
+            pruner = session.pruner(criterion, per_block)
+            rows += [{"criterion": criterion, **row} for row in
+                     accuracy_rows(pruner.model, session.tokenizer, pruner, chosen, tasks, limit, data=session.data)]
+    session.restore()
     return rows

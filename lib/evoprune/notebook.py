@@ -4,6 +4,7 @@
 (``03_ga_search: {population: 8}``). A notebook gets the shared keys its ``parameters`` cell declares, then its
 own section, then the ``--set`` overrides it declares. A section key the notebook does not declare is an error,
 and so is a shared or ``--set`` key that no notebook declares (a typo). ``profile`` is always the profile's name.
+``notebooks: [01_baseline, ...]`` names the notebooks ``make reproduce`` runs for the profile (default: all).
 
 The notebook (jupytext py:percent) is converted to ipynb and run by papermill on this environment's ``python3``
 kernel. The executed copy goes to ``reports/<profile>/executed/NN_name.ipynb`` only when every cell succeeded
@@ -48,12 +49,25 @@ def load_profile(profile: str) -> dict:
 
 
 def split_profile(obj: dict) -> tuple[dict, dict[str, dict]]:
-    """(shared keys, sections by notebook stem)."""
+    """(shared keys, sections by notebook stem); the profile's notebook list is neither."""
     sections = {k: v for k, v in obj.items() if SECTION.match(k)}
     for stem, section in sections.items():
         if not isinstance(section, dict):
             raise EvopruneError(f"profile section {stem} must be a mapping of parameter: value.")
-    return {k: v for k, v in obj.items() if k not in sections}, sections
+    return {k: v for k, v in obj.items() if k not in sections and k != "notebooks"}, sections
+
+
+def profile_notebooks(profile: str) -> list[Path]:
+    """The notebooks a profile runs, in order: its ``notebooks`` list, else every ``notebooks/NN_*.py``."""
+    every = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+    named = load_profile(profile).get("notebooks")
+    if named is None:
+        return every
+    unknown = sorted(set(named) - {p.stem for p in every})
+    if unknown:
+        raise EvopruneError(f"profile {profile} lists notebooks {unknown} that notebooks/ does not hold; notebooks: "
+                            f"{', '.join(p.stem for p in every)}.")
+    return [p for p in every if p.stem in named]
 
 
 # --- the parameters cell ----------------------------------------------------------------------------------

@@ -206,3 +206,52 @@ def methods(rows: list[dict], removal: list[dict], dense_ppl: float, model: str 
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Criteria, allocations and block removal{f' — {model}' if model else ''}")
     return fig
+
+
+CRITERION_COLORS = {"magnitude": "tab:blue", "wanda": "tab:orange", "sparsegpt": "tab:green"}
+
+
+def frontier(lines: dict[str, dict[str, list[dict]]], dense_ppl: float, model: str = "") -> Figure:
+    """Test perplexity (log) against true block sparsity, per criterion: its best rule at each target (dashed, the
+    rule named) and its race (solid; the seeds' mean, their range as a band). Points sit at the sparsity measured."""
+    fig, ax = _figure(8.0, 4.8)
+    for criterion, line in lines.items():
+        color = CRITERION_COLORS.get(criterion, "tab:purple")
+        for kind, style in (("best rule", "--s"), ("race", "-o")):
+            points = line.get(kind) or []
+            if not points:
+                continue
+            xs = [p["sparsity"] * 100 for p in points]
+            ax.plot(xs, [p["ppl"] for p in points], style, color=color, ms=5, label=f"{criterion}, {kind}",
+                    alpha=0.65 if kind == "best rule" else 1.0)
+            if kind == "race" and any(p["low"] != p["high"] for p in points):
+                ax.fill_between(xs, [p["low"] for p in points], [p["high"] for p in points], color=color, alpha=0.2)
+            if kind == "best rule":
+                for x, p in zip(xs, points):
+                    ax.annotate(p["method"], (x, p["ppl"]), textcoords="offset points", xytext=(4, 4), fontsize=6,
+                                color=color)
+    ax.axhline(dense_ppl, color="0.4", lw=0.8, ls=":", label=f"dense ({dense_ppl:.1f})")
+    ax.set(yscale="log", xlabel="block sparsity (%)", ylabel="test perplexity (log)",
+           title=f"Criteria x allocations{f' — {model}' if model else ''}: best rule and race (seeds' range)")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def allocation_heatmap(rows: list[dict]) -> Figure:
+    """The allocations side by side (seaborn): one row per race seed and best rule of each criterion and target,
+    one column per block, attention and MLP in two panels sharing the colour scale (pruning rate, %)."""
+    import numpy as np
+    import seaborn as sns
+    labels = [r["label"] for r in rows]
+    n_blocks = len(rows[0]["attention"])
+    fig = Figure(figsize=(4.0 + 0.22 * n_blocks * 2, 1.2 + 0.24 * len(rows)), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for i, (ax, group) in enumerate(zip(axes, ("attention", "mlp"))):
+        values = np.array([[rate * 100 for rate in r[group]] for r in rows])
+        sns.heatmap(values, ax=ax, vmin=0, vmax=100, cmap="viridis", cbar=i == 1, yticklabels=labels,
+                    xticklabels=[str(b) if b % 5 == 0 else "" for b in range(n_blocks)],
+                    cbar_kws={"label": "pruning rate (%)"} if i == 1 else None)
+        ax.set(xlabel="block", title={"attention": "attention", "mlp": "MLP"}[group])
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("Where each criterion's race and best rule prune")
+    return fig

@@ -358,6 +358,20 @@ def claims(rows: list[dict], listed: int = 4) -> str:
     return text + " Missed: " + "; ".join(missed) + "."
 
 
+def methods_table(table: list[dict]) -> str:
+    """05's table: per criterion and target, the race (mean and range of its seeds) against the best rule."""
+    lines = []
+    for row in table:
+        if "race" in row:
+            rules = {k: row[k] for k in ("uniform", "OWL", "AlphaPruning", "sensitivity") if k in row}
+            best = min(rules, key=rules.get)
+            lines.append(f"{row['criterion']} {pct(row['target'])}: race {ppl(row['race'])} "
+                         f"({ppl(row['race_min'])}–{ppl(row['race_max'])}, {n_windows(row['seeds'], 'seed')}), "
+                         f"{times(row['race'], rules[best])} the best rule ({best}, {ppl(rules[best])}) on test, "
+                         f"{row['race/best rule (python-docs)']:.2f}x on python-docs")
+    return ("Test perplexity, float32: " + "; ".join(lines) + ".") if lines else "No race in this profile."
+
+
 def methods(summary: dict) -> str:
     """Figure 3's reading: per criterion and target, the search against the best rule (``summary['methods']``)."""
     m, lines = summary["methods"], []

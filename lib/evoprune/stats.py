@@ -111,7 +111,7 @@ def main_group(summary: dict) -> list[dict]:
     return max(groups, key=len, default=[])
 
 
-def _cell(measured: float | None, bound: float, what: str, target: str) -> dict:
+def claim_cell(measured: float | None, bound: float, what: str, target: str) -> dict:
     return {"what": what, "measured": measured, "target": target,
             "met": None if measured is None else bool(measured <= bound)}
 
@@ -128,15 +128,15 @@ def claims(summary: dict) -> list[dict]:
     rules = {r["method"]: r["test_ppl"] for r in summary.get("rules", [])
              if r["criterion"] == criterion and r["target"] == target}
     label = f"{target:.0%} {criterion}, GA ({f'mean of {len(runs)} seeds' if len(runs) > 1 else 'one seed'})"
-    out = [_cell(mean / runs[0]["uniform_at_target"]["test_ppl"], 0.5, f"{label} / uniform, test", "≤ 0.5")]
+    out = [claim_cell(mean / runs[0]["uniform_at_target"]["test_ppl"], 0.5, f"{label} / uniform, test", "≤ 0.5")]
     if rules:
-        out.append(_cell(mean / min(rules.values()), 0.85,
+        out.append(claim_cell(mean / min(rules.values()), 0.85,
                          f"{label} / the best no-search allocation ({min(rules, key=rules.get)}), test", "≤ 0.85"))
     held = [g for g in summary["generalization"] if g["run"] in names]
     for rule, bound in (("uniform", 0.55), ("sensitivity", 0.85)):
         ratios = [g[f"ga_over_{rule}"] for g in held if f"ga_over_{rule}" in g]
         if ratios:
-            out.append(_cell(float(np.mean(ratios)), bound, f"{label} / {rule}, python-docs", f"≤ {bound}"))
+            out.append(claim_cell(float(np.mean(ratios)), bound, f"{label} / {rule}, python-docs", f"≤ {bound}"))
     over = [o["fitness_split_over_test"] for o in summary.get("overfitting", []) if o["run"] in names]
     if over:
         out.append({"what": f"{label}: gain on validation / gain on test (ratios to uniform)",
@@ -149,7 +149,7 @@ def claims(summary: dict) -> list[dict]:
         if "GA" in methods and len(methods) > 1:
             best = min((m for m in methods if m != "GA"), key=methods.get)
             bound = 0.8 if t >= 0.6 else 0.95
-            out.append(_cell(methods["GA"] / methods[best], bound,
+            out.append(claim_cell(methods["GA"] / methods[best], bound,
                              f"methods table, {crit} {t:.0%}: GA / the best no-search allocation ({best})",
                              f"≤ {bound}"))
     return out
