@@ -48,6 +48,7 @@ dtype = "auto"  # of the races' fitness and AlphaPruning's epsilon choice (auto:
 downstream_tasks = []  # lm-evaluation-harness tasks (offline: wikitext_lastword); [] skips them
 downstream_limit = None  # items per task (None: all)
 downstream_targets = [0.5, 0.7]  # dense, and per criterion the best rule and the race's first seed at these
+with_profiles = []  # profiles whose 05 cells are shown beside these (same model and windows; read, not re-run)
 
 # %%
 from IPython.display import Image, Markdown, display
@@ -81,7 +82,8 @@ for criterion, targets in cells.items():
     for target in targets:
         rows += methods.race_cells(session, paths, criterion, target, race, race_seeds[criterion], sensitivity,
                                    test_windows, docs_windows, fitness_dtype)
-table = methods.table(rows)
+shown = rows + methods.other_profiles_rows(with_profiles, rows)  # this profile's cells, then the others'
+table = methods.table(shown)
 display(Markdown(records.markdown_table(table)))
 display(Markdown(readings.methods_table(table)))
 
@@ -92,7 +94,7 @@ display(Markdown(readings.methods_table(table)))
 # most 1.6x and 5x).
 
 # %%
-claims = methods.claims(rows)
+claims = methods.claims(shown)
 display(Markdown(records.markdown_table(claims) if claims else "no bounded target with two or more seeds here"))
 display(Markdown(readings.claims(claims)))
 
@@ -103,7 +105,7 @@ display(Markdown(readings.claims(claims)))
 
 # %%
 dense = rows[0]
-display(Image(plots.save_figure(plots.frontier(methods.frontier(rows), dense["test_ppl"], session.name),
+display(Image(plots.save_figure(plots.frontier(methods.frontier(shown), dense["test_ppl"], session.name),
                                 paths.figure("frontier"))))
 
 # %% [markdown]
@@ -112,7 +114,7 @@ display(Image(plots.save_figure(plots.frontier(methods.frontier(rows), dense["te
 # the same pattern in their rows.
 
 # %%
-display(Image(plots.save_figure(plots.allocation_heatmap(methods.heatmap_rows(rows)),
+display(Image(plots.save_figure(plots.allocation_heatmap(methods.heatmap_rows(shown)),
                                 paths.figure("allocations_heatmap"))))
 
 # %% [markdown]
@@ -134,7 +136,7 @@ for name, written in (("methods", table), ("methods_claims", claims), ("methods_
         records.write_table(written, paths.table(name))
 experiments.record(paths, "methods", "05_methods", session,
                    {"rows": rows, "table": table, "claims": claims, "downstream": accuracy},
-                   cells=cells, race=race, race_seeds=race_seeds, test_windows=test_windows,
+                   cells=cells, with_profiles=with_profiles, race=race, race_seeds=race_seeds, test_windows=test_windows,
                    docs_windows=docs_windows, fitness_dtype=fitness_dtype, reported_dtype=records.REPORTED_DTYPE,
                    dtype_decision=hardware.dtype_decision(), downstream_tasks=downstream_tasks,
                    downstream_limit=downstream_limit)

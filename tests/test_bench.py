@@ -35,7 +35,9 @@ def test_sparsegpt_cost_prints_its_figures_as_one_json_line(data_dir):
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["model"] == "tiny-gpt2" and figures["criterion"] == "sparsegpt"
     assert figures["calibration"] == [32, 512] and figures["database_levels"] == 9
-    for key in ("build_over_forward", "database_gib", "apply_over_eval", "search_peak_rss_gib"):
+    for key in ("build_over_forward", "database_gib", "apply_over_eval", "race_child_apply_over_eval",
+                "search_peak_rss_gib"):
         assert figures[key] > 0, key
+    assert figures["race_child_apply_s"] < figures["apply_s"]  # a child moves a few genes, not all
     assert figures["build_over_forward"] == pytest.approx(figures["build_s"] / figures["dense_forward_s"])
     assert figures["apply_over_eval"] == pytest.approx(figures["apply_s"] / figures["eval_s"])

@@ -87,6 +87,26 @@ def race_cells(session: Session, paths: ReportPaths, criterion: str, target: flo
     return rows
 
 
+def other_profiles_rows(profiles: list[str], own: list[dict], root=None) -> list[dict]:
+    """The cells another profile's 05 measured (its ``methods.json``), to show beside this profile's: refused
+    unless it measured the same model on the same windows (the dense rows must agree)."""
+    from evoprune.records import read_json, report_paths
+    from evoprune import EvopruneError
+    dense = next(r for r in own if r["method"] == "dense")
+    rows = []
+    for profile in profiles:
+        other = report_paths(profile, root)
+        saved = read_json(other.require(other.record("methods"), "05_methods"))
+        theirs = next(r for r in saved["rows"] if r["method"] == "dense")
+        same = all(theirs[k] == dense[k] for k in ("test_ppl", "test_windows", "docs_ppl", "docs_windows"))
+        if not same:
+            raise EvopruneError(f"{other.record('methods')} measured dense as {theirs['test_ppl']:.4g} on "
+                                f"{theirs['test_windows']} test windows, this profile {dense['test_ppl']:.4g} on "
+                                f"{dense['test_windows']}: combine profiles of the same model, data and windows.")
+        rows += [{**r, "profile": profile} for r in saved["rows"] if r["method"] != "dense"]
+    return rows
+
+
 # --- what the cells show (no model) ---------------------------------------------------------------------------
 
 
