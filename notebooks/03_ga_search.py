@@ -31,12 +31,12 @@
 # windows. A finished search in `reports/<profile>/search/<run>/` is read back, not recomputed; an interrupted one
 # resumes from its checkpoint.
 #
-# Beyond the study: a smaller search at every target and criterion of 02's rules (`method_budget`), the GA over
-# sets of exactly `removal["k"]` removed blocks, an export round trip, and downstream accuracy.
+# Beyond the study: the GA over sets of exactly `removal["k"]` removed blocks, an export round trip, and
+# downstream accuracy (magnitude; notebook 05 compares the criteria and allocations people use).
 #
 # Reads `baseline.json` (01: its sensitivity scan, one of the rules a race starts from). Writes
-# `search/<run>/{result.json,history.csv}`, `ga.json`, `methods_ga.json`, `downstream.json` (when it has tasks),
-# `tables/{ga_genomes,convergence,generalization,rules_at_target,overfitting}` and
+# `search/<run>/{result.json,history.csv}`, `ga.json`, `removal_ga_exports.json`, `downstream.json` (when it has
+# tasks), `tables/{ga_genomes,convergence,generalization,rules_at_target,overfitting}` and
 # `figures/<profile>/convergence.png`.
 
 # %% tags=["parameters"]
@@ -54,17 +54,12 @@ runs = {  # run name -> search.Settings and objective.FitnessSpec keywords; publ
 }
 seed = 0
 dtype = "auto"  # of the searches' fitness and the removal GA (auto: bfloat16 where measured fast)
-method_dtype = "float32"  # of the methods table's test numbers
-method_targets = [0.45, 0.5, 0.6, 0.7]
-method_criteria = ["magnitude", "wanda"]
-method_windows = 1
-removal_windows = 1
-method_budget = {"population": 4, "generations": 2, "fitness_windows": 1}
+removal_windows = 1  # first test windows of the removal GA's best set (in dtype)
 removal = {"k": 2, "population": 4, "generations": 2, "fitness_windows": 1}
 export_windows = 1
 downstream_tasks = []  # lm-evaluation-harness tasks (offline: wikitext_lastword); [] skips them
 downstream_limit = None  # items per task (None: all)
-downstream_target = 0.45  # dense, uniform and the GA runs at this target (magnitude; Wanda from the methods sweep)
+downstream_target = 0.45  # dense, uniform and the GA runs at this target (magnitude)
 
 # %%
 from IPython.display import Image, Markdown, display
@@ -169,58 +164,46 @@ display(Image(plots.save_figure(plots.convergence(histories, report.race_progres
 display(Markdown(readings.convergence(histories, ga_rows)))
 
 # %% [markdown]
-# ## Beyond the study (1): a search at every target and criterion
-# One smaller budget (`method_budget`; a criterion's own settings under its name) at each of 02's targets and
-# criteria, fitness in `dtype`, test numbers measured like 02's rules (`method_dtype`, `method_windows`
-# windows). Notebook 04 sets them against the rules (Figure 3).
-
-# %%
-fitness_dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
-method_rows = experiments.ga_sweep(session, paths, method_targets, method_criteria, method_budget, method_windows,
-                                   seed, fitness_dtype, method_dtype)
-display(Markdown(records.markdown_table(stats.pivot(method_rows))))
-display(Markdown(readings.method_searches(method_rows)))
-
-# %% [markdown]
-# ## Beyond the study (2): which whole blocks to remove
+# ## Beyond the study (1): which whole blocks to remove
 # A GA over sets of exactly `removal["k"]` blocks, fitness the validation perplexity of the model without them;
 # the best set measured like 02's block removal.
 
 # %%
-removal_ga = search_runs.removal_run(session, out=paths.search("removal"),
-                                     test_windows=removal_windows or method_windows, seed=seed, dtype=fitness_dtype,
-                                     **removal)
+fitness_dtype = hardware.resolve_dtype(dtype)
+removal_ga = search_runs.removal_run(session, out=paths.search("removal"), test_windows=removal_windows, seed=seed,
+                                     dtype=fitness_dtype, **removal)
 display(Markdown(readings.removal_search(removal_ga)))
 
 # %% [markdown]
-# ## Beyond the study (3): the pruned models as files
-# The best Wanda genome (the lowest target) and the best removal set, saved as Hugging Face directories and
-# reloaded: the same perplexity after the round trip means the file is the model measured here.
+# ## Beyond the study (2): the pruned models as files
+# The best genome of the first race run (else of the first search that is not the published GA) and the best
+# removal set, saved as Hugging Face directories and reloaded: the same perplexity after the round trip means the
+# file is the model measured here.
 
 # %%
-best_wanda = min((r for r in method_rows if r["criterion"] == "wanda"), key=lambda r: r["target"])
-exports = [experiments.export_check(session, experiments.export_dir(paths.profile, "ga-wanda"),
-                                    genome=best_wanda["genome"], criterion="wanda", n_windows=export_windows),
+exported = experiments.exported_run(ga_rows)
+exports = [experiments.export_check(session, experiments.export_dir(paths.profile, f"ga-{exported['run']}"),
+                                    genome=exported["genome"], criterion=exported["criterion"],
+                                    n_windows=export_windows),
            experiments.export_check(session, experiments.export_dir(paths.profile, "removal"),
                                     removed=removal_ga.genome, n_windows=export_windows)]
 display(Markdown(records.markdown_table(exports)))
 display(Markdown(readings.exports(exports)))
 
 # %%
-methods = experiments.record(paths, "methods_ga", "03_ga_search", session,
-                             {"rows": method_rows, "removal_ga": removal_ga.to_dict(), "exports": exports}, seed=seed,
-                             targets=method_targets, criteria=method_criteria, budget=method_budget, removal=removal,
-                             test_windows=method_windows, dtype=method_dtype, fitness_dtype=fitness_dtype,
-                             dtype_decision=hardware.dtype_decision())
+experiments.record(paths, "removal_ga_exports", "03_ga_search", session,
+                   {"removal_ga": removal_ga.to_dict(), "exports": exports, "exported_run": exported["run"]},
+                   seed=seed, removal=removal, removal_windows=removal_windows, fitness_dtype=fitness_dtype,
+                   export_windows=export_windows, dtype_decision=hardware.dtype_decision());
 
 # %% [markdown]
-# ## Beyond the study (4): downstream accuracy beside perplexity
-# lm-evaluation-harness tasks for the dense model, uniform and the searches at `downstream_target` (magnitude:
-# the main searches; Wanda: the methods search), beside the test perplexity measured above.
+# ## Beyond the study (3): downstream accuracy beside perplexity
+# lm-evaluation-harness tasks for the dense model, uniform and the searches at `downstream_target` (magnitude),
+# beside their test perplexity on `test_windows` windows (notebook 05: the other criteria).
 
 # %%
 downstream = experiments.downstream_study(session, paths, downstream_tasks, downstream_limit, downstream_target, ga,
-                                          methods, test_windows, method_windows)
+                                          test_windows)
 if downstream:
     display(Markdown(records.markdown_table(downstream)))
 display(Markdown(readings.downstream(downstream)))

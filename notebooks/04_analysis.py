@@ -17,9 +17,9 @@
 # # 04 · Analysis: what the study found
 # Reads the records of notebooks 01–03 from `reports/<profile>/` (no model runs unless `interactive`) and puts
 # the study together: the protocol every number was measured under; Figure 1 (uniform pruning, the searches and
-# the study's published points); Figure 2 (where the searches prune); Figure 3 (criteria x allocations and block
-# removal); the results table in the study's format; the targets set for the study, as measured; then
-# `summary.json` and `REPORT.md`.
+# the study's published points); Figure 2 (where the searches prune); Figure 3 (whole blocks removed); the
+# results table in the study's format; the targets set for the study, as measured; then `summary.json` and
+# `REPORT.md`. The criteria and allocations at the sparsities people use are notebook 05's.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -74,17 +74,17 @@ display(Image(plots.save_figure(
 display(Markdown(readings.profiles(summary)))
 
 # %% [markdown]
-# ## Figure 3 (beyond the study): criteria, allocations and block removal
-# Test perplexity per criterion, allocation and target (02's rules beside 03's search at every cell), and the
-# whole-block removals: the share of blocks gone against perplexity.
+# ## Figure 3 (beyond the study): whole blocks removed
+# Zeroed weights keep a model's size and speed; a removed block saves both. Perplexity against the share of
+# blocks gone: every single block (02), the best set of each depth, and the removal GA's set (03).
 
 # %%
-methods = summary["methods"]
-display(Image(plots.save_figure(plots.methods(methods["rows"], methods["removal_points"], methods["dense_ppl"],
-                                              summary["model"]), paths.figure("figure3_methods"))))
-display(Markdown(records.markdown_table(report.methods_table(summary)) + "\n" + report.wanda_targets(summary) + "\n\n"
-                 + records.markdown_table(report.removal_table(summary))))
-display(Markdown(readings.methods(summary)))
+removal = summary["removal"]
+display(Image(plots.save_figure(plots.block_removal(removal["single"], removal["points"], removal["dense_ppl"],
+                                                    removal["dense_blocks"], summary["model"]),
+                                paths.figure("figure3_block_removal"))))
+display(Markdown(records.markdown_table(report.removal_table(summary))))
+display(Markdown(readings.removal(summary)))
 
 # %% [markdown]
 # ## The results table
@@ -99,8 +99,7 @@ Markdown(records.markdown_table(table))
 # %% [markdown]
 # ## The targets set for the study, as measured
 # The main search (mean over its seeds) against uniform and the best rule at its target, on test and on the
-# second held-out text; how much of its gain on the fitness split held on test; and each methods cell against the
-# best rule there.
+# second held-out text; and how much of its gain on the fitness split held on test.
 
 # %%
 display(Markdown(records.markdown_table(summary["claims"]) if summary["claims"] else "no targets in this profile"))

@@ -4,7 +4,7 @@ import torch
 from evoprune import EvopruneError
 from evoprune.models import blocks, prunable_matrices, tiny_gpt2, tiny_llama
 from evoprune.criteria import get_criterion, wanda_scores
-from evoprune.pruning import (Pruner, count_for, global_magnitude_counts, input_norms, ordering, outlier_ratios,
+from evoprune.pruning import (Pruner, count_for, input_norms, ordering, outlier_ratios,
                               owl_rates, sensitivity_rates)
 
 
@@ -47,17 +47,6 @@ def test_wanda_needs_calibration(tiny):
 def test_unknown_criterion(tiny):
     with pytest.raises(EvopruneError, match="unknown criterion.*magnitude.*wanda"):
         Pruner(tiny.model, "random")
-
-
-def test_global_magnitude_uses_one_threshold(tiny):
-    pruner = Pruner(tiny.model)
-    pruner.set_counts(global_magnitude_counts(pruner, 0.45))
-    total = sum(m.numel for m in pruner.matrices)
-    assert sum(pruner.removed) == count_for(0.45, total)
-    removed = torch.cat([d[m.weight == 0].abs() for m, d in zip(pruner.matrices, pruner.dense)])
-    kept = torch.cat([d[m.weight != 0].abs() for m, d in zip(pruner.matrices, pruner.dense)])
-    assert removed.max() <= kept.min()
-    assert pruner.target_sparsity(pruner.genome) == pytest.approx(0.45, abs=1e-6)
 
 
 @pytest.mark.parametrize("target", [0.3, 0.45, 0.6])

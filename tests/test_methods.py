@@ -1,9 +1,9 @@
-"""Issue 6's measurements on tiny-gpt2: allocations without search, whole-block removal, the removal GA run and
+"""Issue 6's measurements on tiny-gpt2: the rules of notebook 05, whole-block removal, the removal GA run and
 the export round trip, as the notebooks call them."""
 import pytest
 import torch
 
-from evoprune import EvopruneError, experiments, search_runs
+from evoprune import EvopruneError, experiments, methods, search_runs
 from evoprune.models import blocks
 from evoprune.records import SearchRecord, Spent
 from evoprune.hardware import resolve_dtype
@@ -25,17 +25,18 @@ def unchanged(setup, before) -> bool:
     return all(torch.equal(v, before[k]) for k, v in setup.model.state_dict().items())
 
 
-def test_allocations_meet_each_target_and_leave_the_model_dense(setup):
+def test_rules_meet_each_target_and_leave_the_model_dense(setup):
     before = weights(setup)
-    rows = experiments.allocation_sweep(setup, [0.45, 0.7], ["magnitude", "wanda"], [float(b % 5) for b in range(12)],
-                                        n_windows=1, dtype=FAST, progress=False)
-    methods = {(r["criterion"], r["method"]) for r in rows}
-    assert methods == {("magnitude", m) for m in ("uniform", "OWL", "sensitivity", "global")} | \
-        {("wanda", m) for m in ("uniform", "OWL", "sensitivity")}
-    assert len(rows) == 2 * len(methods)
+    sensitivity = [float(b % 5) for b in range(12)]
+    rows = [r for criterion in ("magnitude", "wanda") for target in (0.45, 0.7)
+            for r in methods.rule_cells(setup, criterion, target, sensitivity, 1, 1, FAST)]
+    assert {(r["criterion"], r["method"]) for r in rows} == {(c, m) for c in ("magnitude", "wanda")
+                                                              for m in methods.RULES}
+    assert len(rows) == 2 * 2 * len(methods.RULES)
     for r in rows:
         assert r["block_sparsity"] == pytest.approx(r["target"], abs=1e-4), r
-        assert r["test_windows"] == 1 and r["dtype"] == FAST and r["test_ppl"] > 1
+        assert r["test_windows"] == 1 and r["docs_windows"] == 1 and r["test_ppl"] > 1 and r["docs_ppl"] > 1
+        assert len(r["attention"]) == len(r["mlp"]) == 12
     assert unchanged(setup, before)
 
 
@@ -107,6 +108,13 @@ def test_a_criterion_entry_of_the_method_budget_overrides_only_that_criterion():
                                                              "budget_tokens": 60000, "step_rule": "fixed"}
     assert experiments.criterion_budget(budget, "magnitude") == {"strategy": "race", "step": 0.05,
                                                                  "budget_tokens": 60000}
+
+
+def test_the_exported_search_is_the_first_race_else_the_first_that_is_not_published():
+    rows = [{"run": "published", "strategy": "published"}, {"run": "elitist", "strategy": "elitist"},
+            {"run": "race-s0", "strategy": "race"}, {"run": "race-s1", "strategy": "race"}]
+    assert experiments.exported_run(rows)["run"] == "race-s0"
+    assert experiments.exported_run(rows[:2])["run"] == "elitist"
 
 
 def test_genome_table_splits_attention_and_mlp_rates_per_block():

@@ -1,4 +1,4 @@
-"""The notebook runner and the four notebooks: the smoke profile end to end into a temporary output root, and
+"""The notebook runner and the five notebooks: the smoke profile end to end into a temporary output root, and
 the runner's errors for bad profiles, bad parameters and failing notebooks."""
 import json
 
@@ -12,18 +12,20 @@ from evoprune.records import read_json, report_paths, ROOT
 from evoprune.schema import validate_summary
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
-STEMS = ["01_baseline", "02_uniform_sweep", "03_ga_search", "04_analysis"]
-RECORDS = ["baseline.json", "uniform_sweep.json", "ga.json", "summary.json", "REPORT.md", "timings.json"]
-TABLES = ["parameter_counts", "dense", "sensitivity", "uniform_sweep", "generalization", "ga_genomes", "convergence",
-          "rules_at_target", "overfitting", "results"]
-FIGURES = ["sensitivity", "uniform_sweep", "convergence", "figure1", "figure2_layer_profile"]
+STEMS = ["01_baseline", "02_uniform_sweep", "03_ga_search", "04_analysis", "05_methods"]
+RECORDS = ["baseline.json", "uniform_sweep.json", "block_removal.json", "ga.json", "removal_ga_exports.json",
+           "summary.json", "REPORT.md", "methods.json", "timings.json"]
+TABLES = ["parameter_counts", "dense", "sensitivity", "uniform_sweep", "block_removal", "generalization", "ga_genomes",
+          "convergence", "rules_at_target", "overfitting", "results", "methods_cells", "methods"]
+FIGURES = ["sensitivity", "uniform_sweep", "convergence", "figure1", "figure2_layer_profile", "figure3_block_removal",
+           "frontier", "allocations_heatmap"]
 RUNS = ["published", "elitist", "race"]
 FIXTURE = ROOT / "tests" / "fixtures" / "smoke_summary_d062ef2.json"  # the smoke summary before the session refactor
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, data_dir):
-    """All four notebooks under the smoke profile, run once for the module, counting the models they load."""
+    """All five notebooks under the smoke profile, run once for the module, counting the models they load."""
     root = tmp_path_factory.mktemp("out")
     loads = root / "loads.txt"
     with notebook.environment(LOAD_LOG_ENV, str(loads)):
@@ -34,7 +36,7 @@ def smoke(tmp_path_factory, data_dir):
     return report_paths("smoke", root)
 
 
-def test_the_notebooks_are_the_four_expected():
+def test_the_notebooks_are_the_five_expected():
     assert [p.stem for p in NOTEBOOKS] == STEMS
 
 
@@ -68,7 +70,9 @@ def test_summary_validates_and_covers_both_strategies(smoke):
 @pytest.mark.slow
 def test_smoke_numbers_are_those_of_the_code_before_the_session_refactor(smoke):
     """Behaviour did not change: every number of the smoke summary equals the one the code at d062ef2 wrote
-    (the fixture converted once to today's names; run names seed/default became published/elitist)."""
+    (the fixture converted once to today's names; run names seed/default became published/elitist). The old
+    methods table (now notebook 05's) is gone; whole-block removal and the removal export moved from
+    ``methods`` to ``removal``."""
     renamed = {"seed": "published", "default": "elitist"}
 
     def numbers(obj, path=""):
@@ -81,8 +85,13 @@ def test_smoke_numbers_are_those_of_the_code_before_the_session_refactor(smoke):
             return {k: v for i, item in enumerate(obj) for k, v in numbers(item, f"{path}[{i}]").items()}
         return {path: renamed.get(obj, obj) if isinstance(obj, str) else obj}
 
-    def comparable(summary):  # since then: OWL's block-wide outlier ratios, and a race run (issue 16)
-        summary["methods"]["rows"] = [r for r in summary["methods"]["rows"] if r["method"] != "OWL"]
+    def comparable(summary):  # since then: a race run (issue 16), and the methods table moved to notebook 05
+        if "methods" in summary:
+            m = summary.pop("methods")
+            summary["removal"] = {"depths": m["removal_depths"], "points": m["removal_points"], "ga": m["removal_ga"],
+                                  "single": m["single_removal"], "exports": m["exports"]}
+        # the other export was the best Wanda genome of the methods table; now the first race run's
+        summary["removal"]["exports"] = [e for e in summary["removal"]["exports"] if e["removed"]]
         for key in ("ga", "generalization"):
             summary[key] = [r for r in summary[key] if r["run"] != "race"]
         return summary
@@ -101,7 +110,7 @@ def test_smoke_numbers_are_those_of_the_code_before_the_session_refactor(smoke):
 def test_each_notebook_loads_the_model_at_most_once(smoke):
     loads = {stem: (smoke.root / f"loads-{stem}.txt").read_text().split() for stem in STEMS}
     assert loads == {"01_baseline": ["tiny-gpt2"], "02_uniform_sweep": ["tiny-gpt2"], "03_ga_search": ["tiny-gpt2"],
-                     "04_analysis": []}
+                     "04_analysis": [], "05_methods": ["tiny-gpt2"]}
 
 
 @pytest.mark.slow
@@ -193,9 +202,11 @@ def minimal_summary():
     ga = {"strategy": "published", "criterion": "magnitude", "target": 0.45, "block_sparsity": 0.45, "genome": [0.4, 0.5],
           "fitness": 120.0, "test_ppl": 130.0, "study_ppl": 118.0, "evaluations": 10, "forward_tokens": 4096,
           "wall_s": 1.5}
+    removal = {"test_windows": 2, "dense_ppl": 30.0, "points": [{"share": 0.25, "test_ppl": 45.0}],
+               "exports": [{"ppl": 45.0, "ppl_reloaded": 45.0}]}
     return {"profile": "p", "model": "m", "data": {"setting": "d"}, "protocol": {"primary": "..."},
             "provenance": {"git_commit": "abc"}, "dense": {"test_ppl": 30.0, "study_ppl": 31.0},
-            "uniform": [{"sparsity": 0.45, "criterion": "magnitude", "test_ppl": 250.0}], "ga": [ga]}
+            "uniform": [{"sparsity": 0.45, "criterion": "magnitude", "test_ppl": 250.0}], "ga": [ga], "removal": removal}
 
 
 def test_validate_summary_accepts_the_schema_and_extra_keys():
@@ -210,11 +221,13 @@ def test_validate_summary_lists_every_problem():
     summary["ga"][0]["genome"] = [0.5, 1.5]
     summary["ga"][0]["evaluations"] = -1
     summary["uniform"] = []
+    summary["removal"]["exports"][0]["ppl"] = 0.5
     with pytest.raises(EvopruneError) as err:
         validate_summary(summary)
     message = str(err.value)
     for where in ("summary.model is missing", "summary.dense.test_ppl", "summary.ga[0].genome",
-                  "summary.ga[0].evaluations", "summary.uniform must be a non-empty list"):
+                  "summary.ga[0].evaluations", "summary.uniform must be a non-empty list",
+                  "summary.removal.exports[0].ppl"):
         assert where in message, where
 
 

@@ -36,19 +36,13 @@ def test_readme_shows_the_summary_numbers(summary):
     assert readme_section(summary) in text, "README results differ from summary.json: run `make readme`"
 
 
-def test_beyond_the_study_rows_meet_their_targets_and_exports_round_trip(summary):
-    methods = summary["methods"]
-    criteria = {r["criterion"] for r in methods["rows"]}
-    assert criteria == {"magnitude", "wanda"}
-    for r in methods["rows"]:
-        assert r["block_sparsity"] == pytest.approx(r["target"], abs=1e-4), r
-        assert r["test_windows"] == methods["test_windows"] and r["dtype"] == methods["dtype"]
-    cells = {(r["criterion"], r["method"], r["target"]) for r in methods["rows"]}
-    for criterion in criteria:
-        for target in (0.45, 0.5, 0.6, 0.7):
-            assert {(criterion, m, target) for m in ("uniform", "OWL", "GA")} <= cells
-    assert len(methods["removal_ga"]["removed"]) == methods["removal_ga"]["settings"]["k"]
-    assert all(e["same_ppl"] for e in methods["exports"])
+def test_block_removal_and_exports_round_trip(summary):
+    removal = summary["removal"]
+    assert len(removal["ga"]["removed"]) == removal["ga"]["settings"]["k"]
+    assert [len(p["removed"]) for p in removal["points"]][-1] == removal["ga"]["settings"]["k"]
+    assert removal["dense_ppl"] == removal["depths"][0]["test_ppl"] and removal["depths"][0]["removed"] == []
+    assert len(removal["single"]) == removal["dense_blocks"] == summary["parameter_counts"]["n_blocks"]
+    assert all(e["same_ppl"] for e in removal["exports"])
 
 
 def test_the_performance_page_shows_the_bench_record():

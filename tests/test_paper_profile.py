@@ -63,5 +63,5 @@ def test_paper_profile_dry_run(gpt2_dir, data_dir, tmp_path):
     for name, run in ran["03_ga_search"]["parameters"]["runs"].items():
         cut = {"generations": 2, **({} if run["strategy"] == "race" else {"fitness_windows": 2})}
         assert run == {**published_runs[name], **cut}
-    for figure in ("figure1", "figure2_layer_profile", "figure3_methods"):
+    for figure in ("figure1", "figure2_layer_profile", "figure3_block_removal"):
         assert paths.figure(figure).read_bytes()[:4] == b"\x89PNG", figure

@@ -1,4 +1,4 @@
-"""Figures 2 and 3, built from small records: what each panel shows, not how it looks."""
+"""Figures 2 and 3 and notebook 05's, built from small records: what each panel shows, not how it looks."""
 import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_hex
@@ -6,44 +6,24 @@ from matplotlib.colors import to_hex
 from evoprune import plots
 
 DENSE = 20.0
-ROWS = [{"criterion": c, "method": m, "block_sparsity": s, "test_ppl": DENSE * f * (1 + s)}
-        for c, f in (("magnitude", 4.0), ("wanda", 1.5)) for m in ("uniform", "OWL", "GA") for s in (0.45, 0.6, 0.7)]
-REMOVAL = [{"removed": [5], "share": 1 / 30, "test_ppl": 26.0, "over_dense": 26.0 / DENSE},
-           {"removed": [1, 2, 3, 4, 6, 9], "share": 0.2, "test_ppl": 165.0, "over_dense": 165.0 / DENSE}]
+SINGLE = [{"removed": [b], "test_ppl": DENSE * (1.3 + b / 10)} for b in range(30)]
+POINTS = [{"removed": [0], "chosen": "best set", "share": 1 / 30, "test_ppl": 26.0, "over_dense": 26.0 / DENSE},
+          {"removed": [1, 2, 3, 4, 6, 9], "chosen": "removal GA", "share": 0.2, "test_ppl": 165.0,
+           "over_dense": 165.0 / DENSE}]
 
 
-def data_lines(ax):
-    return [line for line in ax.get_lines() if line.get_label() != "dense"]
-
-
-def test_methods_has_a_panel_per_criterion_and_one_for_block_removal():
-    axes = plots.methods(ROWS, REMOVAL, DENSE, "m").axes
-    assert [ax.get_title() for ax in axes] == ["magnitude criterion", "wanda criterion", "whole blocks removed"]
-    for ax in axes[:2]:
-        lines = data_lines(ax)
-        assert [line.get_label() for line in lines] == ["uniform", "OWL", "GA"]
-        assert len({to_hex(line.get_color()) for line in lines}) == 3  # one colour per method
-
-
-def test_methods_shows_perplexity_relative_to_dense_on_a_log_axis():
-    axes = plots.methods(ROWS, REMOVAL, DENSE).axes
-    assert axes[0].get_yscale() == "log" and "dense" in axes[0].get_ylabel()
-    uniform_wanda = data_lines(axes[1])[0]
-    assert list(uniform_wanda.get_ydata()) == pytest.approx([1.5 * 1.45, 1.5 * 1.6, 1.5 * 1.7])
-    assert sorted(line.get_ydata()[0] for line in data_lines(axes[2])) == pytest.approx([26 / DENSE, 165 / DENSE])
-    assert all(ax.get_lines()[-1].get_ydata()[0] == 1.0 for ax in axes)  # the dense level
-
-
-def test_methods_x_axes_span_their_data():
-    axes = plots.methods(ROWS, REMOVAL, DENSE).axes
-    for ax in axes[:2]:
-        low, high = ax.get_xlim()
-        assert 40 < low < 45 and 70 < high < 75
-    assert axes[2].get_xlim()[1] < 25
-
-
-def test_methods_without_removal_points():
-    assert len(plots.methods(ROWS, [], DENSE).axes) == 2
+def test_block_removal_shows_each_single_block_and_the_chosen_sets_relative_to_dense():
+    ax = plots.block_removal(SINGLE, POINTS, DENSE, 30, "m").axes[0]
+    assert ax.get_title() == "Whole blocks removed — m" and ax.get_yscale() == "log" and "dense" in ax.get_ylabel()
+    singles, best, ga, dense = ax.get_lines()
+    assert list(singles.get_ydata()) == pytest.approx([r["test_ppl"] / DENSE for r in SINGLE])
+    assert list(singles.get_xdata()) == pytest.approx([100 / 30] * 30)
+    assert (best.get_xdata()[0], best.get_ydata()[0]) == pytest.approx((100 / 30, 26 / DENSE))
+    assert (ga.get_xdata()[0], ga.get_ydata()[0]) == pytest.approx((20.0, 165 / DENSE))
+    assert to_hex(ga.get_color()) != to_hex(best.get_color()) and dense.get_ydata()[0] == 1.0
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["each single block", "best set", "removal GA",
+                                                                   "dense"]
+    assert [t.get_text() for t in ax.texts] == ["0", "1, 2, 3, 4, 6, 9"]  # each set labelled with its blocks
 
 
 def test_layer_profile_draws_one_genome_per_run_as_a_line():

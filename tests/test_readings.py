@@ -61,18 +61,6 @@ def test_uniform_sweep_without_a_cliff_says_none():
     assert "cliff" not in readings.uniform_sweep(rows, STUDY)
 
 
-def method_rows(magnitude, wanda):
-    return [{"criterion": c, "method": m, "target": 0.45, "test_ppl": p}
-            for c, cell in (("magnitude", magnitude), ("wanda", wanda)) for m, p in cell.items()]
-
-
-def test_allocations_name_the_best_rule_and_judge_the_criterion_by_the_numbers():
-    text = readings.allocations(method_rows({"uniform": 100.0, "sensitivity": 50.0}, {"uniform": 40.0}), 20.0)
-    assert "sensitivity (2.50x dense, 0.50x uniform)" in text and "better criterion" in text
-    text = readings.allocations(method_rows({"uniform": 100.0, "sensitivity": 30.0}, {"uniform": 40.0}), 20.0)
-    assert "better criterion" not in text
-
-
 def test_block_removal_reads_the_best_and_worst_block_and_latency():
     removal = {"dense_blocks": 3, "test_windows": 2, "dtype": "float32", "pairs": None,
                "single": [{"removed": [0], "test_ppl": 900.0}, {"removed": [1], "test_ppl": 12.0}],
@@ -126,16 +114,13 @@ def test_overfitting_and_convergence_read_each_run():
     assert "100 at generation 0 → 60 at generation 5" in text and "4,096" in text and "fresh" in text
 
 
-def test_methods_removal_exports_and_downstream():
-    rows = [{"criterion": "wanda", "target": 0.45, "fitness": 30.0, "uniform_fitness": 40.0, "test_ppl": 33.0,
-             "test_windows": 2, "dtype": "float32"}]
-    assert "wanda 45%: fitness 30 vs uniform 40 (0.75x)" in readings.method_searches(rows)
+def test_removal_exports_and_downstream():
     removal_ga = SearchRecord(genome=[2, 5], fitness=40.0, spent=Spent(9, 9000, 1.0), config={"k": 2}, provenance={},
                               test={"test_ppl": 50.0, "test_windows": 2, "dtype": "bfloat16", "blocks": 10,
                                     "parameters": 1000, "ms_per_token": 5.0, "dense_ms_per_token": 6.0})
     assert "2 and 5 (9 evaluations)" in readings.removal_search(removal_ga)
-    exports = [{"dir": "/x/ga-wanda", "ppl": 3.0, "ppl_reloaded": 3.5, "same_ppl": False, "test_windows": 1}]
-    assert "`ga-wanda`: 3 before, 3.5 after (different)" in readings.exports(exports)
+    exports = [{"dir": "/x/ga-race-s0", "ppl": 3.0, "ppl_reloaded": 3.5, "same_ppl": False, "test_windows": 1}]
+    assert "`ga-race-s0`: 3 before, 3.5 after (different)" in readings.exports(exports)
     exports[0].update(compressed_bytes_on_disk=40, compressed_over_dense=0.4, compressed_same_ppl=True)
     assert "compressed 0.40x the dense size on disk with the same perplexity" in readings.exports(exports)
     assert readings.downstream([]) == "No downstream tasks in this profile."
@@ -150,8 +135,9 @@ def summary(ga):
             "claims": [{"what": "x / uniform", "measured": 0.4, "target": "≤ 0.5", "met": True},
                        {"what": "y / rule", "measured": 0.9, "target": "≤ 0.8", "met": False},
                        {"what": "z", "measured": 0.9, "target": "reported", "met": None}],
-            "methods": {"test_windows": 2, "dtype": "float32", "dense_ppl": 20.0,
-                        "rows": method_rows({"uniform": 100.0, "GA": 60.0}, {"uniform": 40.0})},
+            "removal": {"test_windows": 2, "dtype": "bfloat16", "dense_ppl": 20.0,
+                        "single": [{"removed": [0], "test_ppl": 30.0}, {"removed": [1], "test_ppl": 25.0}],
+                        "ga": {"settings": {"k": 2}, "evaluations": 9, "test": {"test_ppl": 60.0}}},
             "protocol": {"reported_split": "test", "reported_dtype": "float32", "primary": "P", "study": "S",
                          "test_windows": {"primary": 4, "study": 2},
                          "search": {"race": {"fitness_kind": "ppl", "fitness_split": "validation",
@@ -181,7 +167,8 @@ def test_headline_profiles_and_findings_read_the_summary():
     assert "0.50x uniform (mean over its runs)" in found and "carries over" in found and "0.90" in found
     assert readings.claims(s["claims"]) == "1 of the 2 targets are met. Missed: y / rule (0.90, target ≤ 0.8)."
     assert readings.claims(s["claims"], listed=0) == "1 of the 2 targets are met."
-    assert "magnitude 45%: GA 3.00x dense, 0.60x the best rule (uniform)" in readings.methods(s)
+    assert readings.removal(s) == ("Removing the best single block (1) gives 25 against 20 dense (2 test windows, "
+                                   "bfloat16); the removal GA's best set of 2 blocks (9 evaluations) gives 60.")
     assert "every search's test number is held out" in readings.protocol(s)
 
 

@@ -40,7 +40,7 @@ def test_rank_correlation_is_spearmans_rho_with_shared_ranks_for_ties():
 
 
 def claims_summary():
-    """Three seeds of a race at 45%, uniform 200 and two rules on test, a second text, one methods cell."""
+    """Three seeds of a race at 45%, uniform 200 and two rules on test, a second text."""
     ga = [{**run(f"race-s{s}", s, [0.45] * 3, ppl), "criterion": "magnitude", "target": 0.45, "fitness_kind": "ppl"}
           for s, ppl in ((0, 90.0), (1, 100.0), (2, 110.0))]
     ga.append({**run("published", 0, [0.5] * 3, 150.0, "published"), "criterion": "magnitude", "target": 0.5})
@@ -48,9 +48,7 @@ def claims_summary():
              for m, p in (("uniform", 200.0), ("OWL", 150.0), ("sensitivity", 125.0))]
     held = [{"run": g["run"], "ga_over_uniform": 0.5, "ga_over_sensitivity": 0.8} for g in ga[:3]]
     overfit = [{"run": g["run"], "fitness_split_over_test": 0.9} for g in ga[:3]]
-    methods = [{"criterion": "magnitude", "target": 0.7, "method": m, "test_ppl": p}
-               for m, p in (("uniform", 1000.0), ("OWL", 500.0), ("GA", 450.0))]
-    return {"ga": ga, "rules": rules, "generalization": held, "overfitting": overfit, "methods": {"rows": methods}}
+    return {"ga": ga, "rules": rules, "generalization": held, "overfitting": overfit}
 
 
 def test_claims_compare_the_mean_of_the_seeds_with_uniform_and_the_best_rule():
@@ -62,8 +60,7 @@ def test_claims_compare_the_mean_of_the_seeds_with_uniform_and_the_best_rule():
     assert best["measured"] == pytest.approx(100 / 125) and best["met"] is True
     assert measured[f"{label} / sensitivity, python-docs"]["measured"] == pytest.approx(0.8)
     assert measured[f"{label}: gain on validation / gain on test (ratios to uniform)"]["met"] is None
-    cell = measured["methods table, magnitude 70%: GA / the best no-search allocation (OWL)"]
-    assert cell["measured"] == pytest.approx(0.9) and cell["met"] is False  # at 60-70% the bound is 0.8
+    assert len(measured) == 5  # notebook 05 judges the other criteria and targets
 
 
 def test_kl_reference_tokens_count_one_dense_pass_per_fresh_sample():

@@ -3,21 +3,18 @@ and its record (with provenance) under ``reports/<profile>/``, and returns what 
 
 Reported numbers are float32 on the test split: ``primary`` (non-overlapping 1024-token windows) and ``study``
 (the published GA's windows). ``test_windows`` caps the windows of primary (None: the whole split) and
-``study_windows`` those of study (None: as ``test_windows``; the study's own 128 when both are None). The methods
-comparison (allocations and the GA at every target) is measured in ``method_dtype`` on ``method_windows`` windows;
-whole-block removal in ``dtype`` on ``removal_windows``.
+``study_windows`` those of study (None: as ``test_windows``; the study's own 128 when both are None). Whole-block
+removal is measured in ``dtype`` on ``removal_windows``.
 """
 from __future__ import annotations
 
-
-from evoprune import export, genes, hardware, models, perplexity
+from evoprune import export, genes, models, perplexity
 from evoprune.criteria import CRITERIA
 from evoprune.data import PYTHON_DOCS
 from evoprune.provenance import provenance
-from evoprune.pruning import global_magnitude_counts, owl_rates, sensitivity_rates
 from evoprune.records import (REPORTED_DTYPE, ReportPaths, SearchRecord, read_json, record_tokens, write_json,
                               write_table)
-from evoprune.search_runs import read_back, removal_latency, removal_ppl, run_search, search_settings
+from evoprune.search_runs import read_back, removal_latency, removal_ppl
 from evoprune.session import Session
 
 
@@ -69,38 +66,11 @@ def sensitivity_scan(session: Session, criterion: str, rate: float, n_windows: i
     return rows
 
 
-# --- 02: the uniform sweep, allocations without search, whole-block removal ----------------------------------
+# --- 02: the uniform sweep and whole-block removal -------------------------------------------------------------
 
 def sweep_points(max_sparsity: float, step: float) -> list[float]:
     """0, step, 2*step, ... up to max_sparsity, rounded so 0.45 is 0.45 and not 0.44999999."""
     return [round(i * step, 6) for i in range(int(round(max_sparsity / step)) + 1)]
-
-
-def allocation_sweep(session: Session, targets: list[float], criteria: list[str], sensitivity: list[float],
-                     n_windows: int, dtype: str, progress: bool = True) -> list[dict]:
-    """Test perplexity of every allocation that needs no search, per criterion and target: uniform, OWL,
-    sensitivity-ranked (from 01's scan), and one global magnitude threshold (magnitude only)."""
-    from tqdm.auto import tqdm
-    ratios = session.outlier_ratios()
-    rows = []
-    for criterion in criteria:
-        for target in tqdm(targets, desc=f"allocations ({criterion})", disable=not progress):
-            pruner = session.pruner(criterion, 1, dtype)
-            allocations = {"uniform": [target] * session.n_blocks, "OWL": owl_rates(ratios, target),
-                           "sensitivity": sensitivity_rates(sensitivity, target)}
-            if criterion == "magnitude":
-                allocations["global"] = global_magnitude_counts(pruner, target)
-            for method, allocation in allocations.items():
-                if method == "global":
-                    pruner.set_counts(allocation)
-                else:
-                    pruner.apply(allocation)
-                measured = session.measure(pruner, "primary", n_windows, dtype)
-                rows.append({"criterion": criterion, "method": method, "target": target,
-                             "block_sparsity": pruner.block_sparsity(), "test_ppl": measured.ppl,
-                             "test_windows": measured.n_windows, "dtype": dtype, "genome": pruner.genome})
-    session.restore()
-    return rows
 
 
 def block_removals(session: Session, n_windows: int, dtype: str, pairs_up_to: int = 12,
@@ -201,32 +171,6 @@ def criterion_budget(budget: dict, criterion: str) -> dict:
     return {**shared, **budget.get(criterion, {})}
 
 
-def ga_sweep(session: Session, paths: ReportPaths, targets: list[float], criteria: list[str], budget: dict,
-             test_windows: int, seed: int, dtype: str, method_dtype: str = REPORTED_DTYPE) -> list[dict]:
-    """A search per criterion and target (``budget``: its settings, the elitist strategy unless it names
-    another, and per-criterion settings under a criterion's name), all at one token budget, fitness in
-    ``dtype``, measured like the allocations (test numbers in ``method_dtype`` on ``test_windows``, primary
-    protocol only: the methods table has no study-protocol column). Each run lives in
-    ``search/methods/<criterion>-<target%>``."""
-    dtype, method_dtype = hardware.resolve_dtype(dtype), hardware.resolve_dtype(method_dtype)
-    sensitivity = sensitivity_ppl(paths)
-    rows = []
-    for criterion in criteria:
-        for target in targets:
-            settings, spec = search_settings(session, criterion_budget(budget, criterion), criterion=criterion,
-                                       target=target, seed=seed, test_windows=test_windows, study_windows=0,
-                                       test_dtype=method_dtype, dtype=dtype)
-            result = run_search(session, settings, spec, paths.search("methods") / f"{criterion}-{round(target * 100)}",
-                                sensitivity=sensitivity)
-            rows.append({"criterion": criterion, "method": "GA", "target": target,
-                         "block_sparsity": result.test["block_sparsity"], "test_ppl": result.test["test_ppl"],
-                         "test_windows": result.test["test_windows"], "dtype": method_dtype,
-                         "genome": result.genome, "fitness": result.fitness,
-                         "uniform_fitness": result.start["uniform"], "evaluations": result.spent.evaluations,
-                         "forward_tokens": result.spent.forward_tokens, "wall_s": result.spent.wall_s})
-    return rows
-
-
 def export_check(session: Session, out_dir, genome=None, removed=None, criterion: str = "magnitude",
                  n_windows: int = 2) -> dict:
     """Save the pruned model (``genome`` rates and/or ``removed`` blocks) as a Hugging Face directory, dense and
@@ -253,6 +197,13 @@ def export_check(session: Session, out_dir, genome=None, removed=None, criterion
             "compressed_same_ppl": after_compressed == before}
 
 
+def exported_run(ga_rows: list[dict]) -> dict:
+    """The search whose best genome 03 exports, chosen by its settings before any number: the first race run,
+    else the first run that is not the published GA."""
+    searches = [r for r in ga_rows if r["strategy"] != "published"]
+    return next((r for r in searches if r["strategy"] == "race"), searches[0])
+
+
 def export_dir(profile: str, name: str):
     """Where exported models go: under data/cache (git-ignored: a SmolLM2 export is ~0.5 GB)."""
     return models.CACHE_DIR / "exports" / profile / name
@@ -261,28 +212,25 @@ def export_dir(profile: str, name: str):
 # --- 03: downstream accuracy ---------------------------------------------------------------------------------
 
 def downstream_study(session: Session, paths: ReportPaths, tasks: list[str], limit: int | None, target: float,
-                     ga: dict, methods: dict, test_windows: int | None, method_windows: int | None) -> list[dict]:
+                     ga: dict, test_windows: int | None) -> list[dict]:
     """Accuracy on lm-evaluation-harness ``tasks`` (offline: the local ``wikitext_lastword``) of the dense model,
-    uniform pruning and the GA at ``target``, magnitude (03's main searches) and Wanda (the methods sweep), beside
-    their float32 test perplexity as already measured: magnitude on ``test_windows``, Wanda on the methods
-    table's ``method_windows``; ``downstream.json``. No tasks: nothing is run."""
+    uniform magnitude pruning and 03's magnitude searches at ``target`` (the published GA aside), beside their
+    float32 test perplexity on ``test_windows``; ``downstream.json``. No tasks: nothing is run (notebook 05 has
+    the other criteria's)."""
     if not tasks:
         return []
     ga_genomes = {f"GA {r['run']}": r["genome"] for r in ga["rows"]
                   if r["target"] == target and r["criterion"] == "magnitude" and r["strategy"] != "published"}
-    wanda_ga = {f"GA {r['criterion']}": r["genome"] for r in methods["rows"]
-                if r["target"] == target and r["criterion"] == "wanda"}
-    plan = {"magnitude": {"dense": 0.0, "uniform": target, **ga_genomes}, "wanda": {"uniform": target, **wanda_ga}}
-    windows = {"magnitude": test_windows, "wanda": method_windows}
+    plan = {"magnitude": {"dense": 0.0, "uniform": target, **ga_genomes}}
     rows = []
     for row in accuracy_table(session, plan, tasks, limit):
-        ppl = session.measure(session.apply(row["genome"], row["criterion"]), "primary", windows[row["criterion"]])
+        ppl = session.measure(session.apply(row["genome"], row["criterion"]), "primary", test_windows)
         rows.append({**{k: v for k, v in row.items() if k != "genome"}, "test_ppl": ppl.ppl,
                      "test_windows": ppl.n_windows})
     session.restore()
     write_table(rows, paths.table("downstream"))
     record(paths, "downstream", "03_ga_search", session, {"rows": rows, "target": target}, tasks=tasks,
-           limit=limit, test_windows=windows, reported_dtype=REPORTED_DTYPE)
+           limit=limit, test_windows=test_windows, reported_dtype=REPORTED_DTYPE)
     return rows
 
 

@@ -169,42 +169,26 @@ def figure1(uniform_rows: list[dict], ga_groups: dict[str, list[dict]], study: d
     return fig
 
 
-METHOD_COLORS = {"uniform": "tab:blue", "OWL": "tab:red", "sensitivity": "tab:olive", "global": "tab:cyan",
-                 "GA": "tab:green"}
-
-
-def methods(rows: list[dict], removal: list[dict], dense_ppl: float, model: str = "") -> Figure:
-    """Figure 3: test perplexity relative to dense (log) against block sparsity, one panel per criterion with one
-    colour per allocation method, and a last panel for whole-block removal (x = the share of block weights
-    removed). Each x axis spans its panel's data."""
-    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
-    fig = Figure(figsize=(4.0 * len(criteria) + 2.6 * bool(removal), 4.4), layout="constrained")
-    axes = fig.subplots(1, len(criteria) + bool(removal), sharey=True, squeeze=False,
-                        width_ratios=[3] * len(criteria) + [2] * bool(removal))[0]
-    for ax, criterion in zip(axes, criteria):
-        lines: dict[str, list] = {}
-        for r in rows:
-            if r["criterion"] == criterion:
-                lines.setdefault(r["method"], []).append((r["block_sparsity"] * 100, r["test_ppl"] / dense_ppl))
-        for method, points in lines.items():
-            ax.plot(*zip(*sorted(points)), "-o", ms=4, color=METHOD_COLORS.get(method, "tab:purple"), label=method)
-        ax.set(title=f"{criterion} criterion", xlabel="block sparsity (%)")
-        ax.margins(x=0.06)
-    if removal:
-        ax = axes[-1]
-        for r in removal:
-            x, y, n = r["share"] * 100, r["over_dense"], len(r["removed"])
-            ax.plot(x, y, "kD", ms=6)
-            ax.annotate(f"{n} block{'s' * (n != 1)}", (x, y), textcoords="offset points", xytext=(0, 7),
-                        ha="center", fontsize=7)
-        ax.set(title="whole blocks removed", xlabel="block weights removed (%)")
-        ax.margins(x=0.2)  # room for the labels
-    for ax in axes:
-        ax.axhline(1.0, color="0.5", lw=0.8, ls=":", label="dense")
-        ax.grid(True, alpha=0.3)
-    axes[0].set(yscale="log", ylabel="test perplexity / dense (log)")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Criteria, allocations and block removal{f' — {model}' if model else ''}")
+def block_removal(single: list[dict], points: list[dict], dense_ppl: float, n_blocks: int,
+                  model: str = "") -> Figure:
+    """Figure 3: whole blocks removed. Test perplexity relative to dense (log) against the share of block weights
+    removed: every single block (grey dots), the best set of each depth (black) and the removal GA's set (red),
+    each labelled with its blocks."""
+    fig, ax = _figure(6.0, 4.2)
+    ax.plot([100 / n_blocks] * len(single), [r["test_ppl"] / dense_ppl for r in single], "o", color="0.6", ms=4,
+            alpha=0.7, label="each single block")
+    for r in points:
+        x, y, ga = r["share"] * 100, r["over_dense"], r["chosen"] == "removal GA"
+        ax.plot(x, y, "D", color="tab:red" if ga else "k", ms=6, label=r["chosen"])
+        ax.annotate(", ".join(map(str, r["removed"])), (x, y), textcoords="offset points", xytext=(6, 0),
+                    va="center", fontsize=7)
+    ax.axhline(1.0, color="0.5", lw=0.8, ls=":", label="dense")
+    ax.set(yscale="log", xlabel="block weights removed (%)", ylabel="test perplexity / dense (log)",
+           title=f"Whole blocks removed{f' — {model}' if model else ''}")
+    ax.margins(x=0.25)  # room for the labels
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # one entry per kind of point
+    ax.legend(unique.values(), unique.keys(), fontsize=7)
     return fig
 
 

@@ -235,24 +235,7 @@ class Pruner:
         return sum(g * s for g, s in zip(genome, sizes)) / sum(sizes)
 
 
-# --- allocations that need no search: per-matrix counts or per-block rates for a target ---------------------
-
-@torch.no_grad()
-def global_magnitude_counts(pruner: Pruner, target: float) -> list[int]:
-    """One magnitude threshold over all block matrices; ties at the threshold go to matrices in order."""
-    magnitudes = torch.cat([d.abs().flatten().float() for d in pruner.dense])
-    total = count_for(target, magnitudes.numel())
-    if total == 0:
-        return [0] * len(pruner.matrices)
-    threshold = magnitudes.kthvalue(total).values
-    counts = [int((d.abs() < threshold).sum()) for d in pruner.dense]
-    spare = total - sum(counts)
-    for i, d in enumerate(pruner.dense):
-        extra = min(spare, int((d.abs() == threshold).sum()))
-        counts[i] += extra
-        spare -= extra
-    return counts
-
+# --- allocations that need no search: per-block rates for a target -----------------------------------------
 
 def spread_around(target: float, scores: Sequence[float], spread: float) -> list[float]:
     """Rates in [target - spread, target + spread], linear in ``scores`` (highest score, highest rate), mean =

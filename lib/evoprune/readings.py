@@ -2,7 +2,8 @@
 its record (papermill cannot template markdown cells, so the notebooks display these after each step).
 
 Each function takes record dicts as the notebooks write them (``baseline.json``, ``uniform_sweep.json``,
-``allocations.json``, ``ga.json``, ``methods_ga.json``, ``summary.json``, a search's ``result.json``) and returns
+``block_removal.json``, ``ga.json``, ``removal_ga_exports.json``, ``methods.json``, ``summary.json``, a search's
+``result.json``) and returns
 markdown. Pure functions: no model, no files, no torch.
 """
 from __future__ import annotations
@@ -119,31 +120,8 @@ def cells(rows: list[dict]) -> dict[tuple, dict[str, float]]:
     return out
 
 
-def allocations(rows: list[dict], dense_ppl: float) -> str:
-    """``allocations.json``'s rows: per criterion and target, the best allocation without search."""
-    lines = []
-    by_cell = cells(rows)
-    for criterion in dict.fromkeys(r["criterion"] for r in rows):
-        parts = []
-        for (crit, target), methods in by_cell.items():
-            if crit == criterion:
-                best = min(methods, key=methods.get)
-                parts.append(f"{pct(target)}: {best} ({times(methods[best], dense_ppl)} dense, "
-                             f"{times(methods[best], methods['uniform'])} uniform)")
-        lines.append(f"- **{criterion}**, the best rule per target: {'; '.join(parts)}.")
-    low = min(r["target"] for r in rows)
-    magnitude, wanda = by_cell.get(("magnitude", low)), by_cell.get(("wanda", low))
-    if magnitude and wanda:
-        verdict = (": a better criterion gains more than any allocation of the worse one"
-                   if wanda["uniform"] < min(magnitude.values()) else "")
-        lines.append(f"- At {pct(low)}, uniform Wanda is {times(wanda['uniform'], dense_ppl)} dense where uniform "
-                     f"magnitude is {times(magnitude['uniform'], dense_ppl)} and the best magnitude rule "
-                     f"{times(min(magnitude.values()), dense_ppl)}{verdict}.")
-    return "\n".join(lines)
-
-
 def block_removal(removal: dict) -> str:
-    """``allocations.json``'s ``block_removal``: whole blocks gone, perplexity and latency."""
+    """``block_removal.json``: whole blocks gone, perplexity and latency."""
     dense_row, singles = removal["depths"][0], sorted(removal["single"], key=lambda r: r["test_ppl"])
     best, worst = singles[0], singles[-1]
     timed = next(d for d in removal["depths"] if d["removed"] == best["removed"])
@@ -247,16 +225,6 @@ def convergence(histories: dict[str, list[dict]], ga_rows: list[dict]) -> str:
     return text
 
 
-def method_searches(rows: list[dict]) -> str:
-    """``methods_ga.json``'s rows: each search at a methods cell against uniform on its own fitness."""
-    parts = [f"{r['criterion']} {pct(r['target'])}: fitness {ppl(r['fitness'])} vs uniform "
-             f"{ppl(r['uniform_fitness'])} ({times(r['fitness'], r['uniform_fitness'])}), test {ppl(r['test_ppl'])}"
-             for r in rows]
-    return ("One smaller search per criterion and target (validation fitness; test on the methods table's "
-            f"{n_windows(rows[0]['test_windows'])}, {rows[0]['dtype']}): " + "; ".join(parts)
-            + ". Notebook 04 sets each cell against the rules of notebook 02 (Figure 3).")
-
-
 def removal_search(record) -> str:
     """The removal GA's record (``records.SearchRecord``, genome = the removed blocks): the best set of k removed
     blocks and what it saves."""
@@ -269,7 +237,7 @@ def removal_search(record) -> str:
 
 
 def exports(rows: list[dict]) -> str:
-    """``methods_ga.json``'s ``exports``: each saved model reloaded and re-scored."""
+    """``removal_ga_exports.json``'s ``exports``: each saved model reloaded and re-scored."""
     parts = [f"`{r['dir'].rsplit('/', 1)[-1]}`: {ppl(r['ppl'])} before, {ppl(r['ppl_reloaded'])} after "
              f"({'the same' if r['same_ppl'] else 'different'})" + compressed_words(r) for r in rows]
     return ("Saved as Hugging Face directories and reloaded with `AutoModelForCausalLM`, test perplexity "
@@ -372,16 +340,15 @@ def methods_table(table: list[dict]) -> str:
     return ("Test perplexity, float32: " + "; ".join(lines) + ".") if lines else "No race in this profile."
 
 
-def methods(summary: dict) -> str:
-    """Figure 3's reading: per criterion and target, the search against the best rule (``summary['methods']``)."""
-    m, lines = summary["methods"], []
-    for (criterion, target), found in cells(m["rows"]).items():
-        if "GA" in found and len(found) > 1:
-            best = min((k for k in found if k != "GA"), key=found.get)
-            lines.append(f"{criterion} {pct(target)}: GA {times(found['GA'], m['dense_ppl'])} dense, "
-                         f"{times(found['GA'], found[best])} the best rule ({best})")
-    return (f"Test perplexity on {n_windows(m['test_windows'])} ({m['dtype']}), dense {ppl(m['dense_ppl'])}: "
-            + "; ".join(lines) + ".")
+def removal(summary: dict) -> str:
+    """Figure 3's reading (``summary['removal']``): the best single block removed and the removal GA's best set,
+    against dense on the same windows."""
+    m = summary["removal"]
+    single, ga = min(m["single"], key=lambda r: r["test_ppl"]), m["ga"]
+    return (f"Removing the best single block ({single['removed'][0]}) gives {ppl(single['test_ppl'])} against "
+            f"{ppl(m['dense_ppl'])} dense ({n_windows(m['test_windows'], 'test window')}, {m['dtype']}); the removal "
+            f"GA's best set of {ga['settings']['k']} blocks ({ga['evaluations']} evaluations) gives "
+            f"{ppl(ga['test']['test_ppl'])}.")
 
 
 def protocol(summary: dict) -> str:

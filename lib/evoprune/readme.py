@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evoprune import EvopruneError
+from evoprune import EvopruneError, readings
 from evoprune.records import ROOT, markdown_table, read_json, report_paths
 from evoprune.report import budget_words, results_table, run_words
 from evoprune.stats import main_group
@@ -27,8 +27,8 @@ Model `{summary['model']}`, profile `{profile}`; all perplexities on the WikiTex
 {summary['protocol']['reported_dtype']}: *primary* = the first {windows['primary']} non-overlapping 1024-token
 windows, *study protocol* = {windows['study']} windows drawn as the study drew its 128. GA fitness was computed on
 the validation split unless the row says otherwise, so these test numbers are held out. The run's other tables
-(targets as measured, seeds, KL fitness, a second text, downstream accuracy, criteria x allocations, block
-removal, export), its budgets and provenance: [reports/{profile}/REPORT.md](reports/{profile}/REPORT.md).
+(targets as measured, seeds, KL fitness, a second text, downstream accuracy, block removal, export), its budgets
+and provenance: [reports/{profile}/REPORT.md](reports/{profile}/REPORT.md).
 
 {markdown_table(results_table(summary))}
 Search budgets and what they bought (fitness in the dtype shown, on validation samples unless said):
@@ -47,12 +47,11 @@ def whole_run_words(summary: dict) -> str:
     ``wall_s``) and the whole run's time: notebooks plus searches. The block-removal GA counts with them (its
     result, under the same ``search/``, is read back with theirs, uncounted). Empty unless every search was read
     back (then the notebooks' time is all)."""
-    prov, m = summary["provenance"], summary["methods"]
-    searches = summary["ga"] + [r for r in m["rows"] if "wall_s" in r]
-    read_back = sum(b.get("searches", 0) for b in prov.get("notebook_read_back", {}).values())
+    prov, searches = summary["provenance"], summary["ga"]
+    read_back = prov.get("notebook_read_back", {}).get("03_ga_search", {}).get("searches", 0)
     if not searches or read_back != len(searches):
         return ""
-    search_s = sum(r["wall_s"] for r in searches) + m.get("removal_ga", {}).get("wall_s", 0.0)
+    search_s = sum(r["wall_s"] for r in searches) + summary["removal"]["ga"]["wall_s"]
     total = sum(prov["notebook_wall_s"].values()) + search_s
     return (f"\nThe run's {len(searches)} searches and its block-removal GA took {search_s / 60:.1f} min when they "
             f"ran (their `wall_s`), so the whole run took {total / 60:.1f} min.")
@@ -60,8 +59,7 @@ def whole_run_words(summary: dict) -> str:
 
 def findings(summary: dict) -> str:
     """The README's measured findings in a few sentences, every number read from the summary."""
-    dense, m = summary["dense"]["test_ppl"], summary["methods"]
-    lines = []
+    dense, lines = summary["dense"]["test_ppl"], []
     runs = main_group(summary)
     if runs:
         ppl = [r["test_ppl"] for r in runs]
@@ -69,18 +67,7 @@ def findings(summary: dict) -> str:
                      f"{runs[0]['criterion']}) reaches a test perplexity of {np.mean(ppl):.4g} on average over its "
                      f"{len(runs)} seeds (range {min(ppl):.4g}–{max(ppl):.4g}): {np.mean(ppl) / dense:.2f}x dense and "
                      f"{np.mean(ppl) / runs[0]['uniform_at_target']['test_ppl']:.2f}x uniform at the same sparsity.")
-    cell = {(r["criterion"], r["method"], r["target"]): r["test_ppl"] for r in m["rows"]}
-    if ("wanda", "uniform", 0.45) in cell and ("magnitude", "uniform", 0.45) in cell:
-        lines.append(f"At 45%, uniform Wanda is {cell['wanda', 'uniform', 0.45] / m['dense_ppl']:.2f}x dense where "
-                     f"uniform magnitude is {cell['magnitude', 'uniform', 0.45] / m['dense_ppl']:.2f}x "
-                     f"({m['test_windows']} test windows, {m['dtype']}).")
-    single = min(m["single_removal"], key=lambda r: r["test_ppl"])
-    ga = m["removal_ga"]
-    lines.append(f"Removing the best single block ({single['removed'][0]}) gives {single['test_ppl']:.4g} against "
-                 f"{m['removal_dense_ppl']:.4g} dense "
-                 f"({m['removal_windows']} test windows, {m['removal_dtype']}); "
-                 f"the removal GA's best set of {ga['settings']['k']} blocks "
-                 f"({ga['evaluations']} evaluations) gives {ga['test']['test_ppl']:.4g}.")
+    lines.append(readings.removal(summary))
     lines.append(run_words(summary["provenance"]))
     return "\n".join(lines)
 

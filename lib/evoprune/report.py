@@ -1,6 +1,7 @@
 """Assemble ``summary.json`` and ``REPORT.md`` from the records the notebooks leave in ``reports/<profile>/``:
-``baseline.json`` (01), ``uniform_sweep.json`` and ``allocations.json`` (02), ``ga.json``, ``methods_ga.json`` and
-each search's record (03), and the runner's ``timings.json``. No torch."""
+``baseline.json`` (01), ``uniform_sweep.json`` and ``block_removal.json`` (02), ``ga.json``,
+``removal_ga_exports.json``, ``downstream.json`` (when 03 had tasks) and each search's record (03), and the runner's
+``timings.json``. No torch."""
 from __future__ import annotations
 
 import os
@@ -13,10 +14,10 @@ from evoprune.records import (REPORTED_DTYPE, ReportPaths, SearchRecord, markdow
                               study_published)
 from evoprune.schema import validate_summary
 from evoprune.search import RESULT, Settings
-from evoprune.stats import STORED_TOP_K, claims, fitness_comparison, methods_summary, pivot, seed_table
+from evoprune.stats import STORED_TOP_K, claims, fitness_comparison, removal_summary, seed_table
 
 RECORDS = {"baseline": "01_baseline", "uniform_sweep": "02_uniform_sweep", "ga": "03_ga_search",
-           "allocations": "02_uniform_sweep", "methods_ga": "03_ga_search"}
+           "block_removal": "02_uniform_sweep", "removal_ga_exports": "03_ga_search"}
 GA_FIELDS = ("run", "strategy", "fitness_split", "min_sparsity", "criterion", "target", "block_sparsity", "genome",
              "fitness", "test_ppl", "study_ppl", "uniform_at_target", "evaluations", "forward_tokens", "wall_s", "config")
 STATUS = ((1.5, "near dense"), (4.0, "degraded"))  # PPL / dense PPL up to these bounds; above: collapsed
@@ -86,7 +87,7 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
         "generalization": ga["generalization"],
         "rules": [{k: v for k, v in r.items() if k != "genome"} for r in ga["rules"]],
         "overfitting": ga["overfitting"],
-        "methods": methods_summary(records["allocations"], records["methods_ga"]),
+        "removal": removal_summary(records["block_removal"], records["removal_ga_exports"]),
         "downstream": records["downstream"]["rows"],
     }
     summary["seeds"] = seed_table(summary)
@@ -95,20 +96,12 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
     return validate_summary(summary)
 
 
-def methods_table(summary: dict) -> list[dict]:
-    """One line per criterion x method; per target, test perplexity and its ratio to dense."""
-    dense = summary["methods"]["dense_ppl"]
-    table = pivot(summary["methods"]["rows"])
-    for line in table:
-        for key in [k for k in line if k.endswith("%")]:
-            line[key] = f"{line[key]:.4g} ({line[key] / dense:.2f}x)"
-    return table
-
-
 def removal_table(summary: dict) -> list[dict]:
-    m = summary["methods"]
-    ga = m["removal_ga"]
-    best = {len(d["removed"]): d for d in m["removal_depths"]}
+    """Dense, the best set of each depth of 02's block removal and the removal GA's set: blocks, parameters,
+    perplexity and latency."""
+    m = summary["removal"]
+    ga = m["ga"]
+    best = {len(d["removed"]): d for d in m["depths"]}
     rows = [{"Removed blocks": ", ".join(map(str, d["removed"])) or "none (dense)",
              "How chosen": "dense" if not d["removed"] else f"best of all sets of {len(d['removed'])}",
              **_removal_cells(d)} for d in best.values()]
@@ -123,15 +116,6 @@ def _removal_cells(d: dict) -> dict:
         return f"{d[key]:.{digits}f} (IQR {d[f'{key}_iqr']:.{digits}f})"
     return {"Blocks": d["blocks"], "Parameters": f"{d['parameters']:,}", "Perplexity": d["test_ppl"],
             "ms / generated token": timing("ms_per_token", 1), "ms / 1024-token forward": timing("ms_per_forward", 0)}
-
-
-def wanda_targets(summary: dict) -> str:
-    """Issue 6's targets, as measured: the GA with Wanda at 45% (<= 1.5x dense) and 60% (<= 3x dense)."""
-    m = summary["methods"]
-    ga = {r["target"]: r["test_ppl"] for r in m["rows"] if r["method"] == "GA" and r["criterion"] == "wanda"}
-    parts = [f"{t:.0%}: {ga[t] / m['dense_ppl']:.2f}x dense (target ≤ {bound}x)"
-             for t, bound in ((0.45, 1.5), (0.6, 3)) if t in ga]
-    return "GA with Wanda, " + "; ".join(parts) if parts else ""
 
 
 def race_progress(paths: ReportPaths, ga_rows: list[dict]) -> dict[str, list[dict]]:
@@ -231,7 +215,7 @@ fitness saw), float32, primary protocol.
 {claims_section(summary)}
 {fitness_section(summary)}
 {overfitting_section(summary)}
-{methods_section(summary)}
+{removal_section(summary)}
 {downstream_section(summary)}
 {seeds_section(summary)}
 ## Figures
@@ -267,8 +251,8 @@ def claims_section(summary: dict, level: str = "##") -> str:
               "target": r["target"], "met": {True: "yes", False: "no", None: "—"}[r["met"]]} for r in rows]
     return f"""{level} The search against every rule: targets as measured
 
-Test numbers: float32, primary protocol, the windows of the rows above (methods cells: the methods table's
-windows). `python-docs`: a text no fitness saw, as in the generalization table. Validation gain: each genome and uniform on the
+Test numbers: float32, primary protocol, the windows of the rows above. `python-docs`: a text no fitness saw,
+as in the generalization table. Validation gain: each genome and uniform on the
 first validation windows (the split the fitness draws its samples from), against the same ratio on test.
 
 {markdown_table(table)}"""
@@ -327,7 +311,7 @@ def downstream_section(summary: dict, level: str = "##") -> str:
     return f"""{level} Downstream accuracy (lm-evaluation-harness)
 
 Accuracy on each task beside float32 test perplexity (primary protocol; test windows: {windows}), for
-the dense model, and uniform pruning and the GA at the same sparsity, per criterion.
+the dense model, and uniform pruning and the GA at the same sparsity ({', '.join(per_criterion)}).
 The local task `wikitext_lastword` is last-word prediction on WikiText-2 test sentences (LAMBADA-style). On
 {items} items an accuracy's standard error is up to {0.5 / items ** 0.5:.2f}.
 
@@ -338,28 +322,21 @@ EXPORT_COLUMNS = ("dir", "parameters", "nonzero_parameters", "bytes_on_disk", "p
                   "compressed_bytes_on_disk", "compressed_over_dense", "compressed_same_ppl")
 
 
-def methods_section(summary: dict) -> str:
-    m = summary["methods"]
+def removal_section(summary: dict) -> str:
+    m = summary["removal"]
     exports = [{k: e[k] for k in EXPORT_COLUMNS if k in e} for e in m["exports"]]
     for e in exports:
         e["dir"] = Path(e["dir"]).name
-    return f"""## Beyond the study: criteria, allocations without search, whole-block removal
+    exported = f" (`{m['exported_run']}`'s best genome and the removal GA's set)" if m.get("exported_run") else ""
+    return f"""## Beyond the study: whole-block removal, and the pruned models as files
 
-Test perplexity, {m['dtype']}, the first {m['test_windows']} test windows, primary protocol; dense is
-{m['dense_ppl']:.4g} on these windows. GA rows: {budget_words(m.get('budget'))}, the same for every cell unless a criterion is named (see
-`reports/<profile>/search/methods/`), fitness on validation.
-
-{markdown_table(methods_table(summary))}
-{wanda_targets(summary)}.
-
-Whole blocks physically removed (perplexity in {m['removal_dtype']} on the first
-{m['removal_windows']} test windows, dense {m['removal_dense_ppl']:.4g} there;
-latency in float32, median of greedy generation and of one forward):
+Whole blocks physically removed (perplexity in {m['dtype']} on the first {m['test_windows']} test windows, dense
+{m['dense_ppl']:.4g} there; latency in float32, median of greedy generation and of one forward):
 
 {markdown_table(removal_table(summary))}
-Exported as Hugging Face directories and reloaded with `AutoModelForCausalLM` (float32 perplexity before and
-after, on {m['exports'][0]['test_windows']} test windows; `compressed_*`: the same model in compressed-tensors'
-sparse-bitmask format, reloaded with `export.load_compressed`):
+Exported as Hugging Face directories{exported} and reloaded with `AutoModelForCausalLM` (float32 perplexity
+before and after, on {m['exports'][0]['test_windows']} test windows; `compressed_*`: the same model in
+compressed-tensors' sparse-bitmask format, reloaded with `export.load_compressed`):
 
 {markdown_table(exports)}"""
 
@@ -377,12 +354,12 @@ def limit_words(cfg: dict) -> str:
 
 
 def criterion_words(cfg: dict) -> str:
-    """What a methods budget changes for one criterion: its moves, and its own budget where it names one."""
+    """What a budget's entry for one criterion changes: its moves, and its own budget where it names one."""
     return step_words(cfg) + (f", {limit_words(cfg)}" if cfg.get("budget_tokens") else "")
 
 
 def budget_words(cfg: dict | None) -> str:
-    """A search's budget in a few words (and the settings a methods budget gives one criterion)."""
+    """A search's budget in a few words (and the settings it gives one criterion, under that criterion's name)."""
     if not cfg:
         return "the search"
     strategy = cfg.get("strategy", "elitist")

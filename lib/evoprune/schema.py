@@ -46,7 +46,10 @@ SUMMARY_SCHEMA = {"profile": _type(str, "string"), "model": _type(str, "string")
                   "ga": [{"strategy": _type(str, "string"), "criterion": _type(str, "string"), "target": _check_rate,
                           "block_sparsity": _check_rate, "genome": _check_genome, "fitness": _check_number,
                           "test_ppl": _check_ppl, "study_ppl": _check_ppl, "evaluations": _check_count,
-                          "forward_tokens": _check_count, "wall_s": _check_seconds}]}
+                          "forward_tokens": _check_count, "wall_s": _check_seconds}],
+                  "removal": {"test_windows": _check_count, "dense_ppl": _check_ppl,
+                              "points": [{"share": _check_rate, "test_ppl": _check_ppl}],
+                              "exports": [{"ppl": _check_ppl, "ppl_reloaded": _check_ppl}]}}
 
 
 def _schema_problems(obj, schema, where: str) -> list[str]:

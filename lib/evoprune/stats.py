@@ -1,47 +1,36 @@
 """The study's statistics from records alone (no model, no torch): searches grouped over seeds and their layer
-profiles, rank correlation, the claims against each rule, KL against perplexity fitness, and the methods
-comparison."""
+profiles, rank correlation, the claims against each rule, KL against perplexity fitness, and whole-block removal
+with the exports."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 
-from evoprune import EvopruneError, genes
+from evoprune import genes
 from evoprune.records import SearchRecord
 
 
-def removal_summary(record: SearchRecord) -> dict:
-    """A block-removal search in the methods comparison's words: the removed blocks, what they cost and scored."""
+def removal_search(record: SearchRecord) -> dict:
+    """A block-removal search in a few words: the removed blocks, what they cost and scored."""
     return {"removed": record.genome, "fitness": record.fitness, "evaluations": record.spent.evaluations,
             "settings": record.config, "wall_s": record.spent.wall_s, "forward_tokens": record.spent.forward_tokens,
             "test": record.test}
 
 
-def methods_summary(allocations: dict, methods_ga: dict) -> dict:
-    """Issue 6's comparison: every criterion x allocation (GA included) per target, whole-block removal and the
-    exports, all on the same windows and dtype (checked)."""
-    removal = allocations["block_removal"]
-    rows = [{k: v for k, v in r.items() if k != "genome"} for r in allocations["rows"] + methods_ga["rows"]]
-    seen = {(r["test_windows"], r["dtype"]) for r in rows}
-    if len(seen) != 1:
-        raise EvopruneError(f"02 and 03 measured the methods on different windows or dtypes {sorted(seen)}: re-run "
-                            f"them with the same method_windows and method_dtype.")
-    windows, dtype = seen.pop()
-    dense_ppl = allocations["dense_ppl"]
-    n = removal["dense_blocks"]
-    removal_ga = removal_summary(SearchRecord.from_dict(methods_ga["removal_ga"]))
-    removal_dense = removal["depths"][0]["test_ppl"]  # removal is measured on its own windows and dtype
-    removed = [{"removed": r["removed"], "share": len(r["removed"]) / n, "test_ppl": r["test_ppl"],
-                "over_dense": r["test_ppl"] / removal_dense} for r in removal["depths"][1:] + [removal_ga["test"]]]
-    return {"test_windows": windows, "dtype": dtype, "dense_ppl": dense_ppl, "rows": rows,
-            "removal_windows": removal["test_windows"], "removal_dtype": removal["dtype"],
-            "removal_dense_ppl": removal_dense,
-            "genomes": {f"{r['criterion']}-{r['target']:.0%}": r["genome"] for r in methods_ga["rows"]},
-            "removal_depths": removal["depths"], "removal_points": removed,
-            "removal_ga": removal_ga,
-            "single_removal": removal["single"], "exports": methods_ga["exports"],
-            "budget": methods_ga["provenance"].get("budget")}
+def removal_summary(block_removal: dict, removal_ga_exports: dict) -> dict:
+    """Whole blocks removed (02's ``block_removal.json``: every single block, the best set of each depth) and the
+    removal GA's best set (03), on the same windows and dtype, each as a share of the blocks and a multiple of
+    dense there; and 03's exports."""
+    ga = removal_search(SearchRecord.from_dict(removal_ga_exports["removal_ga"]))
+    dense_ppl, n = block_removal["depths"][0]["test_ppl"], block_removal["dense_blocks"]
+    chosen = [("best set", r) for r in block_removal["depths"][1:]] + [("removal GA", ga["test"])]
+    points = [{"removed": r["removed"], "chosen": how, "share": len(r["removed"]) / n, "test_ppl": r["test_ppl"],
+               "over_dense": r["test_ppl"] / dense_ppl} for how, r in chosen]
+    return {"test_windows": block_removal["test_windows"], "dtype": block_removal["dtype"], "dense_ppl": dense_ppl,
+            "dense_blocks": n, "depths": block_removal["depths"], "points": points,
+            "single": block_removal["single"], "ga": ga, "exports": removal_ga_exports["exports"],
+            "exported_run": removal_ga_exports.get("exported_run")}
 
 
 def seed_groups(ga_rows: list[dict]) -> dict[str, list[dict]]:
@@ -118,8 +107,8 @@ def claim_cell(measured: float | None, bound: float, what: str, target: str) -> 
 
 def claims(summary: dict) -> list[dict]:
     """Issue 16's targets as measured: the main search (mean over its seeds) against uniform and the best rule at
-    its target, on test and on the second held-out text; every methods cell against the best rule there; and
-    how much of its gain on the fitness split carried over to test."""
+    its target, on test and on the second held-out text; and how much of its gain on the fitness split carried
+    over to test (notebook 05 judges the criteria and allocations at other targets: ``methods.claims``)."""
     runs = main_group(summary)
     if not runs:
         return []
@@ -142,16 +131,6 @@ def claims(summary: dict) -> list[dict]:
         out.append({"what": f"{label}: gain on validation / gain on test (ratios to uniform)",
                     "measured": float(np.mean(over)), "target": "reported; closer to 1 than 0.59/0.65 = 0.91",
                     "met": None})
-    cells: dict[tuple, dict] = {}
-    for r in summary["methods"]["rows"]:
-        cells.setdefault((r["criterion"], r["target"]), {})[r["method"]] = r["test_ppl"]
-    for (crit, t), methods in sorted(cells.items()):
-        if "GA" in methods and len(methods) > 1:
-            best = min((m for m in methods if m != "GA"), key=methods.get)
-            bound = 0.8 if t >= 0.6 else 0.95
-            out.append(claim_cell(methods["GA"] / methods[best], bound,
-                             f"methods table, {crit} {t:.0%}: GA / the best no-search allocation ({best})",
-                             f"≤ {bound}"))
     return out
 
 
@@ -191,14 +170,4 @@ def fitness_comparison(summary: dict, data: dict) -> list[dict]:
                     row["stored_top32_mib"] = stored * STORED_TOP_K * 6 / 2 ** 20  # bf16 log-prob + int32 id
                 rows.append(row)
     return rows
-
-
-def pivot(rows: list[dict]) -> list[dict]:
-    """Method rows as a table: one line per criterion and method, one column of test perplexity per target."""
-    table: dict[tuple, dict] = {}
-    for r in rows:
-        line = table.setdefault((r["criterion"], r["method"]), {"criterion": r["criterion"], "method": r["method"]})
-        line[f"{r['target']:.0%}"] = r["test_ppl"]
-    return sorted(table.values(), key=lambda line: line["criterion"])  # stable: methods keep their order
-
 
