@@ -96,10 +96,14 @@ def test_smoke_numbers_are_those_of_the_code_before_the_session_refactor(smoke):
             summary[key] = [r for r in summary[key] if r["run"] != "race"]
         return summary
 
-    before, now = (numbers(comparable(s)) for s in (read_json(FIXTURE), read_json(smoke.summary)))
-    if any(s["dtype"] != "bfloat16" for s in read_json(smoke.summary)["protocol"]["search"].values()):
-        # `auto` chose float32 here (no native bf16), so only what never runs in the fitness dtype can match: the
-        # float32 test numbers of the dense model and the uniform sweep, and the parameter counts
+    fixture, summary = read_json(FIXTURE), read_json(smoke.summary)
+    before, now = (numbers(comparable(s)) for s in (fixture, summary))
+    same_cpu = summary["provenance"]["hardware"]["cpu"] == fixture["provenance"]["hardware"]["cpu"]
+    if not same_cpu or any(s["dtype"] != "bfloat16" for s in summary["protocol"]["search"].values()):
+        # `auto` chose float32 here, or bfloat16 on another CPU family than the fixture's AMD EPYC (its bf16 kernels
+        # round differently: 1.2e-5 relative on the published GA's fitness on an Intel Xeon), so only what never runs
+        # in the fitness dtype can match: the float32 test numbers of the dense model and the uniform sweep, and the
+        # parameter counts
         before = {k: v for k, v in before.items() if k.startswith(("/dense", "/uniform", "/parameter_counts"))}
     assert before.keys() <= now.keys()
     for key, value in before.items():

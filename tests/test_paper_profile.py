@@ -40,7 +40,10 @@ def dry_run_overrides(model_dir, data_dir) -> dict:
     search = load_profile("paper")["03_ga_search"]
     runs = {name: {**run, "generations": 2, **({} if run["strategy"] == "race" else {"fitness_windows": 2})}
             for name, run in search["runs"].items()}
-    overrides = {"model": str(model_dir), "data": data_dir, "test_windows": 2, "sensitivity_windows": 2, "runs": runs}
+    second = load_profile("paper")["05_methods"]
+    overrides = {"model": str(model_dir), "data": data_dir, "test_windows": 2, "sensitivity_windows": 2, "runs": runs,
+                 "race": {**second["race"], "generations": 2}, "docs_windows": 2,
+                 "race_seeds": {criterion: [0] for criterion in second["race_seeds"]}}
     if search.get("downstream_tasks"):  # the hub's tasks; the local last-word task takes the same path
         overrides |= {"downstream_tasks": ["wikitext_lastword"], "downstream_limit": 8}
     return overrides

@@ -56,8 +56,10 @@ def test_figure1_draws_a_search_over_seeds_as_one_star_with_its_range():
     (bar,) = seeds.lines[2]
     assert bar.get_segments()[0][:, 1] == pytest.approx([40.0, 56.0])
     kl = stars["GA race-kl, primary protocol"].lines[0]
-    assert kl.get_xdata()[0] - seeds.lines[0].get_xdata()[0] == pytest.approx(plots.DODGE)  # dodged apart
+    assert kl.get_xdata()[0] == seeds.lines[0].get_xdata()[0] == pytest.approx(45.0)  # at their true sparsity
     assert to_hex(kl.get_color()) != to_hex(seeds.lines[0].get_color())
+    side = plots.figure1(uniform, groups).axes[1]  # one column per search, uniform at its sparsity beside it
+    assert [t.get_text() for t in side.get_xticklabels()] == ["race (3 seeds)\n45.0%", "race-kl\n45.0%"]
 
 
 def test_convergence_puts_races_on_their_paired_progress_and_seeds_in_one_colour():
@@ -73,11 +75,12 @@ def test_convergence_puts_races_on_their_paired_progress_and_seeds_in_one_colour
     assert lines["s0"].get_linestyle() != lines["s1"].get_linestyle()
 
 
-def test_figure1_zooms_in_on_the_searches():
+def test_figure1_sets_each_search_beside_uniform_at_its_sparsity():
     uniform = [{"sparsity": s, "test_ppl": 10 + 1000 * s ** 3, "study_ppl": 11 + 1000 * s ** 3}
                for s in (0.0, 0.45, 0.9)]
-    groups = {"race": [{"block_sparsity": 0.45, "test_ppl": 80.0, "study_ppl": 90.0}]}
-    zoom = plots.figure1(uniform, groups).axes[1]
-    low, high = zoom.get_xlim()
-    assert 40 < low < 45 < high < 50  # the searches' sparsity, not the whole sweep
-    assert zoom.get_ylim()[0] < 80 and zoom.get_ylim()[1] > 10 + 1000 * 0.45 ** 3
+    groups = {"race": [{"block_sparsity": 0.45, "test_ppl": 80.0, "study_ppl": 90.0}],
+              "published": [{"block_sparsity": 0.49, "test_ppl": 300.0, "study_ppl": 310.0}]}
+    side = plots.figure1(uniform, groups).axes[1]
+    bars = [line for line in side.get_lines() if line.get_color() == "tab:blue"]
+    assert len(bars) == 1 and bars[0].get_ydata()[0] == pytest.approx(10 + 1000 * 0.45 ** 3)  # none at 49%
+    assert side.get_ylim()[0] < 80 and side.get_ylim()[1] > 310

@@ -12,7 +12,6 @@ PROTOCOL_STYLES = {"test_ppl": ("primary protocol", "-o"), "study_ppl": ("study 
 # one colour per search, in the order the runs come; a search run over several seeds is one search (one colour)
 SEARCH_COLORS = ("tab:orange", "tab:purple", "tab:brown", "tab:green", "tab:pink", "tab:cyan")
 STUDY_COLOR = "0.45"
-DODGE = 1.6  # percentage points between stars at the same sparsity
 
 
 def _figure(width: float = 7.0, height: float = 4.2):
@@ -127,45 +126,44 @@ def layer_profile(ga_genomes: dict[str, list[float] | list[list[float]]], unifor
 
 def figure1(uniform_rows: list[dict], ga_groups: dict[str, list[dict]], study: dict | None = None,
             model: str = "") -> Figure:
-    """Uniform curve, each search as a star (filled: primary protocol, hollow: study protocol; a search over
-    several seeds at its mean, with a bar over their range; stars at one sparsity dodged sideways) and, for
-    reference, the study's published GPT-2 numbers. The right panel zooms in on the searches' sparsities."""
+    """Left: the uniform curve, each search as a star at the block sparsity it has (filled: primary protocol,
+    hollow: study protocol; a search over several seeds at its mean, with a bar over their range) and, for
+    reference, the study's published GPT-2 numbers. Right: the searches side by side, one column each (named with
+    their sparsity), against uniform at the same sparsity: nothing is moved along the sparsity axis."""
     fig = Figure(figsize=(11.0, 4.8), layout="constrained")
-    ax, zoom = fig.subplots(1, 2, width_ratios=[3, 2])
+    ax, side = fig.subplots(1, 2, width_ratios=[3, 2])
     colors = search_colors(ga_groups)
-    at: dict[float, list[str]] = {}
-    for name, rows in ga_groups.items():
-        at.setdefault(round(rows[0]["block_sparsity"] * 100, 1), []).append(name)
-    stars = []  # (x, lowest, highest) of each search's bars
-    for panel in (ax, zoom):
-        _plot_uniform(panel, uniform_rows, f"uniform{f' ({model})' if model else ''}")
-        for name, rows in ga_groups.items():
-            x = round(rows[0]["block_sparsity"] * 100, 1)
-            x += DODGE * (at[x].index(name) - (len(at[x]) - 1) / 2)
-            for key, fill, protocol in (("test_ppl", None, "primary"), ("study_ppl", "none", "study")):
-                values = [r[key] for r in rows]
-                mean = float(sum(values) / len(values))
-                yerr = [[mean - min(values)], [max(values) - mean]] if len(values) > 1 else None
-                panel.errorbar(x, mean, yerr=yerr, fmt="*", ms=14, mfc=fill, color=colors[name], capsize=3,
-                               label=f"GA {name}, {protocol} protocol{', mean and range' if len(values) > 1 else ''}")
-                if panel is ax:
-                    stars.append((x, min(values), max(values)))
-        if study:
-            label = f"the study, published ({study['model']}, its protocol)"
-            points = [(0.0, study["dense_ppl"])] + [(u["sparsity"], u["ppl"]) for u in study["uniform"]]
-            panel.plot([p[0] * 100 for p in points], [p[1] for p in points], ":x", color=STUDY_COLOR,
-                       label=f"{label}: uniform")
-            ga = study["ga"]
-            panel.plot(ga["block_sparsity"] * 100, ga["ppl"], "P", ms=10, color=STUDY_COLOR, label=f"{label}: GA")
-        panel.grid(True, alpha=0.3)
-        panel.set(yscale="log", xlabel="block sparsity (%)")
-    ax.set(ylabel="test perplexity (log)", title="Uniform vs evolutionary layer-wise pruning")
+    _plot_uniform(ax, uniform_rows, f"uniform{f' ({model})' if model else ''}")
+    uniform_at = {round(r["sparsity"], 4): r["test_ppl"] for r in uniform_rows}
+    for column, (name, rows) in enumerate(ga_groups.items()):
+        sparsity = sum(r["block_sparsity"] for r in rows) / len(rows)
+        for key, fill, protocol in (("test_ppl", None, "primary"), ("study_ppl", "none", "study")):
+            values = [r[key] for r in rows]
+            mean = float(sum(values) / len(values))
+            yerr = [[mean - min(values)], [max(values) - mean]] if len(values) > 1 else None
+            style = dict(yerr=yerr, fmt="*", ms=14, mfc=fill, color=colors[name], capsize=3)
+            ax.errorbar(sparsity * 100, mean, **style,
+                        label=f"GA {name}, {protocol} protocol{', mean and range' if len(values) > 1 else ''}")
+            side.errorbar(column + (0.12 if protocol == "study" else -0.12), mean, **style)
+        same = uniform_at.get(round(sparsity, 4))
+        if same is not None:  # uniform at this search's sparsity, primary protocol
+            side.plot([column - 0.35, column + 0.35], [same, same], "-", color="tab:blue", lw=2)
+    if study:
+        label = f"the study, published ({study['model']}, its protocol)"
+        points = [(0.0, study["dense_ppl"])] + [(u["sparsity"], u["ppl"]) for u in study["uniform"]]
+        ax.plot([p[0] * 100 for p in points], [p[1] for p in points], ":x", color=STUDY_COLOR, label=f"{label}: uniform")
+        ga = study["ga"]
+        ax.plot(ga["block_sparsity"] * 100, ga["ppl"], "P", ms=10, color=STUDY_COLOR, label=f"{label}: GA")
+    ax.grid(True, alpha=0.3)
+    ax.set(yscale="log", xlabel="block sparsity (%)", ylabel="test perplexity (log)",
+           title="Uniform vs evolutionary layer-wise pruning")
     ax.legend(fontsize=7)
-    if stars:
-        low, high = min(x for x, _, _ in stars) - 2 * DODGE, max(x for x, _, _ in stars) + 2 * DODGE
-        near = [r["test_ppl"] for r in uniform_rows if low <= r["sparsity"] * 100 <= high]
-        ys = [y for _, lo, hi in stars for y in (lo, hi)] + near
-        zoom.set(xlim=(low, high), ylim=(min(ys) / 1.15, max(ys) * 1.15), title="around the searches' targets")
+    names = [f"{name}\n{sum(r['block_sparsity'] for r in rows) / len(rows):.1%}" for name, rows in ga_groups.items()]
+    side.set_xticks(range(len(names)), names, fontsize=7)
+    side.grid(True, axis="y", alpha=0.3)
+    side.set(yscale="log", xlim=(-0.6, len(names) - 0.4))
+    side.set_title("each search (filled: primary, hollow: study protocol);\nblue bar: uniform at its sparsity",
+                   fontsize=9)
     return fig
 
 
