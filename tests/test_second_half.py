@@ -96,3 +96,25 @@ def test_figures_render(tmp_path):
     heatmap = plots.save_figure(plots.allocation_heatmap(methods.heatmap_rows(study())), tmp_path / "h.png")
     for png in (frontier, heatmap):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_readme_second_half_is_generated_from_the_last_profiles_record():
+    from evoprune.readme import README, SECOND_HALF, second_half_section
+    from evoprune.records import read_json
+    record = report_paths(SECOND_HALF).record("methods")
+    expected = second_half_section(read_json(record) if record.exists() else None)
+    assert expected in README.read_text(), "README's second half differs from its record: `make readme`"
+
+
+def test_second_half_section_shows_the_table_and_the_targets():
+    from evoprune.readme import second_half_section
+    rows = study()
+    record = {"table": methods.table(rows), "claims": methods.claims(rows),
+              "provenance": {"model": "m", "with_profiles": ["offline-wanda"], "test_windows": 32,
+                             "docs_windows": 16, "race_seeds": {"sparsegpt": [0, 1]},
+                             "race": {"strategy": "race", "budget_tokens": 150000}}}
+    text = second_half_section(record)
+    assert "profiles `offline-wanda`, `offline-sparsegpt`" in text and "| sparsegpt | 0.7 |" in text
+    met = sum(c["met"] for c in record["claims"])
+    assert f"{met} of the {len(record['claims'])} targets are met" in text
+    assert "Not run yet" in second_half_section(None)

@@ -154,11 +154,46 @@ def _replace_section(text: str, begin: str, end: str, section: str, name: str = 
     return before + section + rest.split(end, 1)[1]
 
 
+SECOND_HALF = "offline-sparsegpt"  # the second half's last profile: its 05 shows every criterion's cells
+METHODS_BEGIN, METHODS_END = "<!-- methods:begin -->", "<!-- methods:end -->"
+
+
+def second_half_section(record: dict | None, profile: str = SECOND_HALF) -> str:
+    """The README's second half: 05's table over every criterion and target, and its targets as measured."""
+    if record is None:
+        body = (f"Not run yet at this commit: `make reproduce PROFILE=offline-wanda`, then `make reproduce "
+                f"PROFILE={profile}`, then `make readme`.")
+    else:
+        prov = record["provenance"]
+        met = [c for c in record["claims"] if c["met"] is not None]
+        body = f"""Model `{prov['model']}`, profiles `{'`, `'.join([*prov['with_profiles'], profile])}`; float32, primary protocol, the first
+{prov['test_windows']} test windows and {prov['docs_windows']} `python-docs` windows; the race's mean, min and max over its
+seeds ({', '.join(f"{c}: {len(s)}" for c, s in prov['race_seeds'].items())} in this profile), {budget_words(prov['race'])}.
+Every table, the figures and the downstream accuracy:
+[reports/{profile}/executed/05_methods.ipynb](reports/{profile}/executed/05_methods.ipynb).
+
+{markdown_table(record['table'])}
+{sum(c['met'] for c in met)} of the {len(met)} targets are met:
+
+{markdown_table(record['claims'])}
+![Frontier](figures/{profile}/frontier.png)
+![Allocations](figures/{profile}/allocations_heatmap.png)"""
+    return f"""{METHODS_BEGIN}
+<!-- generated from reports/{profile}/methods.json by `make readme`; edit readme.second_half_section, not this -->
+{body}
+{METHODS_END}"""
+
+
 def update_readme(profile: str, root: Path | None = None) -> Path:
-    """Replace the README's results section with the one generated from ``reports/<profile>/summary.json``, and
-    the performance page's bench table with the one generated from ``reports/bench.json`` when that exists."""
-    README.write_text(_replace_section(README.read_text(), BEGIN, END,
-                                       readme_section(read_json(report_paths(profile, root).summary))))
+    """Replace the README's results sections with the ones generated from ``reports/<profile>/summary.json`` and
+    from the second half's ``reports/offline-sparsegpt/methods.json`` (when that exists), and the performance
+    page's bench table with the one generated from ``reports/bench.json`` when that exists."""
+    second = report_paths(SECOND_HALF, root).record("methods")
+    text = _replace_section(README.read_text(), BEGIN, END,
+                            readme_section(read_json(report_paths(profile, root).summary)))
+    text = _replace_section(text, METHODS_BEGIN, METHODS_END,
+                            second_half_section(read_json(second) if second.exists() else None))
+    README.write_text(text)
     if BENCH.exists():
         PERFORMANCE.write_text(_replace_section(PERFORMANCE.read_text(), BENCH_BEGIN, BENCH_END,
                                                 bench_section(read_json(BENCH)), "docs/performance.md"))
