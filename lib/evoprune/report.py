@@ -218,6 +218,7 @@ fitness saw), float32, primary protocol.
 {removal_section(summary)}
 {downstream_section(summary)}
 {seeds_section(summary)}
+{second_half_section(paths)}
 ## Figures
 
 {figures}
@@ -243,19 +244,36 @@ Tables: {', '.join(_files(paths, paths.tables, '*.md'))}. Machine-readable: [sum
 """
 
 
+def second_half_section(paths: ReportPaths) -> str:
+    """Notebook 05's table and targets where this profile ran it before 04 (``make reproduce`` does), else nothing."""
+    path = paths.record("methods")
+    if not path.exists():
+        return ""
+    record = read_json(path)
+    return (f"## The study at the sparsities people use (notebook 05)\n\n{markdown_table(record['table'])}\n"
+            f"Its targets as measured (float32, primary protocol, on test and on `python-docs`):\n\n"
+            f"{claims_table(record['claims'])}")
+
+
 def claims_section(summary: dict, level: str = "##") -> str:
     rows = summary.get("claims") or []
     if not rows:
         return ""
-    table = [{"what": r["what"], "measured": "not measured" if r["measured"] is None else f"{r['measured']:.4f}",
-              "target": r["target"], "met": {True: "yes", False: "no", None: "—"}[r["met"]]} for r in rows]
     return f"""{level} The search against every rule: targets as measured
 
 Test numbers: float32, primary protocol, the windows of the rows above. `python-docs`: a text no fitness saw,
 as in the generalization table. Validation gain: each genome and uniform on the
 first validation windows (the split the fitness draws its samples from), against the same ratio on test.
 
-{markdown_table(table)}"""
+{claims_table(rows)}"""
+
+
+def claims_table(rows: list[dict]) -> str:
+    """Targets as measured (``stats.claim_cell`` rows) as a markdown table."""
+    return markdown_table([{"what": r["what"],
+                            "measured": "not measured" if r["measured"] is None else f"{r['measured']:.4f}",
+                            "target": r["target"], "met": {True: "yes", False: "no", None: "—"}[r["met"]]}
+                           for r in rows])
 
 
 def fitness_section(summary: dict, level: str = "##") -> str:
