@@ -107,6 +107,7 @@ display(Markdown(readings.claims(claims)))
 dense = rows[0]
 display(Image(plots.save_figure(plots.frontier(methods.frontier(shown), dense["test_ppl"], session.name),
                                 paths.figure("frontier"))))
+display(Markdown(readings.frontier(methods.frontier(shown), dense["test_ppl"])))
 
 # %% [markdown]
 # ## Step 5: where each criterion prunes
@@ -116,6 +117,7 @@ display(Image(plots.save_figure(plots.frontier(methods.frontier(shown), dense["t
 # %%
 display(Image(plots.save_figure(plots.allocation_heatmap(methods.heatmap_rows(shown)),
                                 paths.figure("allocations_heatmap"))))
+display(Markdown(readings.seed_agreement(methods.seed_agreement(shown))))
 
 # %% [markdown]
 # ## Step 6: downstream accuracy beside perplexity

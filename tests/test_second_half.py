@@ -118,3 +118,12 @@ def test_second_half_section_shows_the_table_and_the_targets():
     met = sum(c["met"] for c in record["claims"])
     assert f"{met} of the {len(record['claims'])} targets are met" in text
     assert "Not run yet" in second_half_section(None)
+
+
+def test_readings_name_the_best_model_and_the_seeds_agreement():
+    from evoprune import readings
+    text = readings.frontier(methods.frontier(study()), 20.0)
+    assert "wanda: 1.85x dense at 50% (race)" in text and "sparsegpt: 6.00x dense at 70% (race)" in text
+    agreement = methods.seed_agreement(study())
+    assert [(r["criterion"], r["seeds"]) for r in agreement] == [("wanda", 2), ("sparsegpt", 2)]
+    assert "mean attention rate 50%" in readings.seed_agreement(agreement)

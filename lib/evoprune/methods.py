@@ -236,3 +236,21 @@ def downstream(session: Session, rows: list[dict], tasks: list[str], limit: int 
     measured = accuracy_table(session, {c: {name: r["genome"] for name, r in cells.items()}
                                         for c, cells in plan.items()}, tasks, limit)
     return [{**row, "test_ppl": plan[row["criterion"]][row["name"]]["test_ppl"]} for row in measured]
+
+
+def seed_agreement(rows: list[dict]) -> list[dict]:
+    """Per criterion and target with two or more race seeds: how alike the seeds' allocations are (the mean
+    Spearman correlation of each pair's attention-and-MLP rates) and how they split the target (mean attention
+    and MLP rates over blocks and seeds)."""
+    from itertools import combinations
+    from evoprune.stats import rank_correlation
+    out = []
+    for (criterion, target), cell in cell_groups(rows).items():
+        raced = races(cell)
+        if len(raced) > 1:
+            profiles = [r["attention"] + r["mlp"] for r in raced]
+            rho = [rank_correlation(a, b) for a, b in combinations(profiles, 2)]
+            out.append({"criterion": criterion, "target": target, "seeds": len(raced), "rank_correlation": mean(rho),
+                        "attention": mean(mean(r["attention"]) for r in raced),
+                        "mlp": mean(mean(r["mlp"]) for r in raced)})
+    return out

@@ -326,6 +326,28 @@ def claims(rows: list[dict], listed: int = 4) -> str:
     return text + " Missed: " + "; ".join(missed) + "."
 
 
+def frontier(lines: dict, dense_ppl: float) -> str:
+    """05's frontier: per criterion, its best model at each target (a rule, or the race's mean) against dense."""
+    parts = []
+    for criterion, line in lines.items():
+        best = {p["target"]: p for p in line["best rule"]}
+        for p in line["race"]:
+            if p["ppl"] < best[p["target"]]["ppl"]:
+                best[p["target"]] = p
+        parts.append(f"{criterion}: " + ", ".join(f"{times(p['ppl'], dense_ppl)} dense at {pct(t)} ({p['method']})"
+                                                  for t, p in sorted(best.items())))
+    return "Test perplexity against dense (" + ppl(dense_ppl) + "), the best of each criterion: " + "; ".join(parts) + "."
+
+
+def seed_agreement(rows: list[dict]) -> str:
+    """05's heatmap: how alike the race seeds' allocations are, and how they split the target."""
+    if not rows:
+        return "No cell has two race seeds here."
+    return "Race seeds' allocations: " + "; ".join(
+        f"{r['criterion']} {pct(r['target'])}: rank correlation {r['rank_correlation']:.2f} between seeds, mean "
+        f"attention rate {pct(r['attention'])} and MLP rate {pct(r['mlp'])}" for r in rows) + "."
+
+
 def methods_table(table: list[dict]) -> str:
     """05's table: per criterion and target, the race (mean and range of its seeds) against the best rule."""
     lines = []
