@@ -178,6 +178,24 @@ def test_every_profile_fits_every_notebook():
             assert notebook.notebook_parameters(profile, path)["profile"] == profile
 
 
+def test_make_runs_the_notebooks_each_profile_lists():
+    import subprocess
+    for profile in notebook.available_profiles():
+        plan = subprocess.run(["make", "-n", "reproduce", f"PROFILE={profile}"], cwd=ROOT, capture_output=True,
+                              text=True).stdout
+        ran = [line.split()[-1] for line in plan.splitlines() if " notebook --profile " in line]
+        assert sorted(ran) == [str(p.relative_to(ROOT)) for p in notebook.profile_notebooks(profile)], profile
+        assert "04_analysis" not in "".join(ran[:-1]), profile  # the analysis reads every other record: last
+    assert [p.stem for p in notebook.profile_notebooks("offline-wanda")] == ["01_baseline", "05_methods"]
+
+
+def test_a_profile_listing_an_unknown_notebook_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "x.yaml").write_text("profile: x\nnotebooks: [01_baseline, 09_nothing]\n")
+    monkeypatch.setattr(notebook, "PARAMS_DIR", tmp_path)
+    with pytest.raises(EvopruneError, match="09_nothing"):
+        notebook.profile_notebooks("x")
+
+
 def test_parameters_cell_takes_literals_only(tmp_path):
     path = tmp_path / "01_x.py"
     path.write_text('# %% tags=["parameters"]\nn = 2\nm = n + 1\n')
