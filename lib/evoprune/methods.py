@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from statistics import mean
 
+from evoprune import EvopruneError
 from evoprune.data import PYTHON_DOCS
 from evoprune.experiments import criterion_budget
-from evoprune.records import ReportPaths
+from evoprune.records import ReportPaths, read_json, report_paths
 from evoprune.search_runs import on_grid, rule_allocations, run_search, search_settings
 from evoprune.session import Session
 from evoprune.stats import claim_cell
@@ -90,8 +91,6 @@ def race_cells(session: Session, paths: ReportPaths, criterion: str, target: flo
 def other_profiles_rows(profiles: list[str], own: list[dict], root=None) -> list[dict]:
     """The cells another profile's 05 measured (its ``methods.json``), to show beside this profile's: refused
     unless it measured the same model on the same windows (the dense rows must agree)."""
-    from evoprune.records import read_json, report_paths
-    from evoprune import EvopruneError
     dense = next(r for r in own if r["method"] == "dense")
     rows = []
     for profile in profiles:
