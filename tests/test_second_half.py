@@ -127,3 +127,14 @@ def test_readings_name_the_best_model_and_the_seeds_agreement():
     agreement = methods.seed_agreement(study())
     assert [(r["criterion"], r["seeds"]) for r in agreement] == [("wanda", 2), ("sparsegpt", 2)]
     assert "mean attention rate 50%" in readings.seed_agreement(agreement)
+
+
+def test_seeds_that_kept_one_rate_have_no_rank_correlation():
+    from evoprune import readings
+    flat = [r for r in study() if r["criterion"] == "wanda"]
+    for r in flat:
+        if r["method"] == "race":
+            r["attention"] = r["mlp"] = [r["target"]] * len(r["attention"])
+    [row] = methods.seed_agreement(flat)
+    assert row["rank_correlation"] is None
+    assert "no rank correlation" in readings.seed_agreement([row]) and "nan" not in readings.seed_agreement([row])

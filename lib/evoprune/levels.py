@@ -11,8 +11,8 @@ come from the already pruned blocks before it); at high sparsity the two differ,
 Layout: ``<root>/sparsegpt-<key>/identity.json`` and one ``block-NNN.safetensors`` per decoder block holding
 ``<matrix name>@<level index>`` for levels 1.. (level 0 is the dense weight and is never stored), float32, in the
 weight's stored layout (GPT-2 Conv1D: (in, out)). ``key`` hashes the identity: format, algorithm, a hash of
-sparsegpt.py and its parameters, the model's weights hash, the calibration tokens' hash, window count and length,
-the grid and the dtype; other calibration or another grid gives another directory, and a directory whose
+sparsegpt.py and levels.py (the solver and the Hessian collection) and their parameters, the model's weights
+hash, the calibration tokens' hash, window count and length, the grid and the dtype; other calibration or another grid gives another directory, and a directory whose
 identity.json differs from the one asked for is refused. A block file is written atomically once its matrices
 are done, so a killed build resumes from the finished blocks (only their Hessians are collected again: one
 calibration forward).
@@ -52,7 +52,8 @@ def tokens_sha256(calibration: torch.Tensor) -> str:
 def identity(model: nn.Module, calibration: torch.Tensor, grid: Sequence[float] = GRID,
              blocksize: int = BLOCKSIZE, percdamp: float = PERCDAMP) -> dict:
     """Everything a database's contents depend on."""
-    code = hashlib.sha256((Path(__file__).parent / "sparsegpt.py").read_bytes()).hexdigest()[:16]
+    code = hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes()
+                                   for name in ("sparsegpt.py", "levels.py"))).hexdigest()[:16]
     return {"format": FORMAT, "algorithm": "sparsegpt", "code": code, "hessians": "dense model inputs",
             "blocksize": blocksize,
             "percdamp": percdamp, "weights": weights_hash(model), "calibration_sha256": tokens_sha256(calibration),

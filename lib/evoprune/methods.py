@@ -10,6 +10,8 @@ a target against dense.
 """
 from __future__ import annotations
 
+import math
+from itertools import combinations
 from statistics import mean
 
 from evoprune import EvopruneError
@@ -18,7 +20,7 @@ from evoprune.experiments import criterion_budget
 from evoprune.records import ReportPaths, read_json, report_paths
 from evoprune.search_runs import on_grid, rule_allocations, run_search, search_settings
 from evoprune.session import Session
-from evoprune.stats import claim_cell
+from evoprune.stats import claim_cell, rank_correlation
 
 RULES = ("uniform", "OWL", "AlphaPruning", "sensitivity")
 RACE = "race"
@@ -240,16 +242,16 @@ def downstream(session: Session, rows: list[dict], tasks: list[str], limit: int 
 def seed_agreement(rows: list[dict]) -> list[dict]:
     """Per criterion and target with two or more race seeds: how alike the seeds' allocations are (the mean
     Spearman correlation of each pair's attention-and-MLP rates) and how they split the target (mean attention
-    and MLP rates over blocks and seeds)."""
-    from itertools import combinations
-    from evoprune.stats import rank_correlation
+    and MLP rates over blocks and seeds). A seed that kept one rate everywhere has no ranks: its pairs are left
+    out, and with no pair left the correlation is None."""
     out = []
     for (criterion, target), cell in cell_groups(rows).items():
         raced = races(cell)
         if len(raced) > 1:
             profiles = [r["attention"] + r["mlp"] for r in raced]
-            rho = [rank_correlation(a, b) for a, b in combinations(profiles, 2)]
-            out.append({"criterion": criterion, "target": target, "seeds": len(raced), "rank_correlation": mean(rho),
+            rho = [r for r in (rank_correlation(a, b) for a, b in combinations(profiles, 2)) if not math.isnan(r)]
+            out.append({"criterion": criterion, "target": target, "seeds": len(raced),
+                        "rank_correlation": mean(rho) if rho else None,
                         "attention": mean(mean(r["attention"]) for r in raced),
                         "mlp": mean(mean(r["mlp"]) for r in raced)})
     return out

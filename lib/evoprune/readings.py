@@ -343,8 +343,11 @@ def seed_agreement(rows: list[dict]) -> str:
     """05's heatmap: how alike the race seeds' allocations are, and how they split the target."""
     if not rows:
         return "No cell has two race seeds here."
+    def agreement(rho):
+        return "no rank correlation (the seeds kept one rate everywhere)" if rho is None else \
+            f"rank correlation {rho:.2f} between seeds"
     return "Race seeds' allocations: " + "; ".join(
-        f"{r['criterion']} {pct(r['target'])}: rank correlation {r['rank_correlation']:.2f} between seeds, mean "
+        f"{r['criterion']} {pct(r['target'])}: {agreement(r['rank_correlation'])}, mean "
         f"attention rate {pct(r['attention'])} and MLP rate {pct(r['mlp'])}" for r in rows) + "."
 
 
