@@ -71,6 +71,17 @@ def test_downstream_takes_the_first_seed_and_the_best_rule():
     assert list(plan["sparsegpt"]) == ["70% AlphaPruning", "70% race s0"]
 
 
+def test_downstream_rows_name_their_cell_without_its_genome(monkeypatch):
+    def accuracy_table(session, plan, tasks, limit):
+        return [{"criterion": c, "name": name, "genome": genome, "task": tasks[0], "accuracy": 0.5}
+                for c, genomes in plan.items() for name, genome in genomes.items()]
+    monkeypatch.setattr(methods, "accuracy_table", accuracy_table)
+    rows = methods.downstream(None, study(), ["wikitext_lastword"], 10, [0.7])
+    assert [(r["criterion"], r["name"]) for r in rows] == [
+        ("dense", "dense"), ("sparsegpt", "70% AlphaPruning"), ("sparsegpt", "70% race s0")]
+    assert all("genome" not in r for r in rows) and rows[0]["test_ppl"] == DENSE["test_ppl"]
+
+
 def test_another_profiles_cells_join_only_on_the_same_windows(tmp_path):
     other = report_paths("other", tmp_path)
     write_json(other.record("methods"), {"rows": study()})

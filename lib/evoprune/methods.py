@@ -16,7 +16,7 @@ from statistics import mean
 
 from evoprune import EvopruneError
 from evoprune.data import PYTHON_DOCS
-from evoprune.experiments import criterion_budget
+from evoprune.experiments import accuracy_table, criterion_budget
 from evoprune.records import ReportPaths, read_json, report_paths
 from evoprune.search_runs import on_grid, rule_allocations, run_search, search_settings
 from evoprune.session import Session
@@ -229,14 +229,16 @@ def downstream_plan(rows: list[dict], targets: list[float]) -> dict[str, dict[st
 
 def downstream(session: Session, rows: list[dict], tasks: list[str], limit: int | None,
                targets: list[float]) -> list[dict]:
-    """Accuracy on ``tasks`` (lm-evaluation-harness) of ``downstream_plan``'s cells, beside their test perplexity."""
-    from evoprune.experiments import accuracy_table
+    """Accuracy on ``tasks`` (lm-evaluation-harness) of ``downstream_plan``'s cells, beside their test perplexity
+    (the genomes stay in the cells' rows; dense is measured with a magnitude pruner at rate 0 and named "dense")."""
     if not tasks:
         return []
     plan = downstream_plan(rows, targets)
     measured = accuracy_table(session, {c: {name: r["genome"] for name, r in cells.items()}
                                         for c, cells in plan.items()}, tasks, limit)
-    return [{**row, "test_ppl": plan[row["criterion"]][row["name"]]["test_ppl"]} for row in measured]
+    return [{**{k: v for k, v in row.items() if k != "genome"},
+             "criterion": "dense" if row["name"] == "dense" else row["criterion"],
+             "test_ppl": plan[row["criterion"]][row["name"]]["test_ppl"]} for row in measured]
 
 
 def seed_agreement(rows: list[dict]) -> list[dict]:
