@@ -30,7 +30,7 @@ def test_local_task_items_are_deterministic_and_inferable(data_dir):
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_dense_beats_uniform_70_magnitude_on_the_local_task(data_dir):
+def test_dense_beats_uniform_70_magnitude_on_the_local_task(data_dir, capsys):
     extra_or_skip(import_lm_eval)
     from evoprune import models, perplexity
     from evoprune.downstream import accuracy_rows
@@ -46,6 +46,8 @@ def test_dense_beats_uniform_70_magnitude_on_the_local_task(data_dir):
     assert perplexity.forward_tokens()["float32"] - before >= 2 * LIMIT * 10  # the harness's forwards are counted
     assert accuracy["dense"] >= 0.25 and accuracy["dense"] > accuracy["uniform 70%"] + 0.2
     assert pruner.removed == [0] * len(pruner.removed)  # restored
+    shown = capsys.readouterr().err
+    assert "downstream (wikitext_lastword)" in shown and "Running loglikelihood" not in shown  # one bar, ours
 
 
 @pytest.mark.real
@@ -58,6 +60,17 @@ def test_command_scores_a_pruned_model_with_provenance(data_dir):
     assert task["n"] == 5 and 0.0 <= task["accuracy"] <= 1.0
     assert result["block_sparsity"] == pytest.approx(0.7, abs=1e-4)
     assert result["provenance"]["lm_eval"] and result["provenance"]["local_task_files"]["wikitext_lastword"]["sha256"]
+
+
+def test_the_harness_notices_held_back_are_shown_when_it_fails(capsys):
+    from evoprune.downstream import quiet_harness
+    with quiet_harness():
+        print("a progress bar", file=sys.stderr)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(RuntimeError), quiet_harness():
+        print("what went wrong before", file=sys.stderr)
+        raise RuntimeError("failed")
+    assert "what went wrong before" in capsys.readouterr().err
 
 
 def test_unknown_and_hub_tasks_are_clear_errors(data_dir, monkeypatch):

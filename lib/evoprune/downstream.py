@@ -12,10 +12,13 @@ Accuracy is the share of items whose target the model produces greedily, token b
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
+import sys
 from pathlib import Path
 
 from evoprune import EvopruneError
@@ -131,6 +134,24 @@ def count_input(dtype: str):
     return hook
 
 
+@contextlib.contextmanager
+def quiet_harness():
+    """The harness's per-request progress bars and notices held back (they would flood a notebook: several per
+    model); shown after all if it fails. Its errors still go to the log."""
+    held = io.StringIO()
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
+    finally:
+        logger.setLevel(level)
+
+
 def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, batch_size: int = 8,
              data: str | None = None, dtype: str = "float32") -> dict:
     """{task: {"accuracy", "n", "metrics"}} of the in-memory ``model`` as it is now (pruned or not). ``limit``:
@@ -139,14 +160,14 @@ def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, batch
     lm_eval = import_lm_eval()
     from lm_eval.models.huggingface import HFLM
     manager = task_manager(tasks, data)
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
     autocast = None if dtype == "float32" else dtype
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, mixed_precision_dtype=autocast)
     counting = model.register_forward_pre_hook(count_input(dtype), with_kwargs=True)
     try:
-        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
-                                      bootstrap_iters=0, log_samples=False, random_seed=None, numpy_random_seed=None,
-                                      torch_random_seed=None)  # zero-shot scoring draws nothing: RNGs left alone
+        with quiet_harness():
+            out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
+                                          bootstrap_iters=0, log_samples=False, random_seed=None,
+                                          numpy_random_seed=None, torch_random_seed=None)  # zero-shot: no draws
     finally:
         counting.remove()
     return {task: {"accuracy": accuracy_of(out["results"][task]), "n": out["n-samples"][task]["effective"],
@@ -158,9 +179,10 @@ def accuracy_rows(model, tokenizer, pruner, genomes: dict, tasks: list[str], lim
                   batch_size: int = 8, data: str | None = None) -> list[dict]:
     """One row {name, genome, block_sparsity, task, accuracy, n} per genome and task, ``model`` pruned by
     ``pruner`` to each genome in turn (a number means uniform); the pruner is restored at the end."""
+    from tqdm.auto import tqdm
     rows = []
     try:
-        for name, genome in genomes.items():
+        for name, genome in tqdm(genomes.items(), desc=f"downstream ({', '.join(tasks)})", unit="model"):
             pruner.apply(genome)
             sparsity = pruner.block_sparsity()
             for task, result in evaluate(model, tokenizer, tasks, limit, batch_size, data).items():
