@@ -22,7 +22,7 @@ import torch
 
 from evoprune import hardware, perplexity
 from evoprune.provenance import provenance
-from evoprune.records import read_json, ROOT, write_json
+from evoprune.records import read_json, ROOT, SearchRecord, write_json
 from evoprune.objective import build_objective, fresh_windows, split_settings
 from evoprune.search import optimize, race_parents
 from evoprune.session import Session
@@ -145,10 +145,10 @@ def search_cost_figures(session: Session, published_run: str = "published", race
     """From the committed offline run: the forward tokens its race search needed before its parent scored at most
     what the published GA's final genome scores on the same fresh sample (a paired comparison, the race's own
     rule), over the tokens the published GA spent."""
-    published = read_json(OFFLINE / "search" / published_run / "result.json")
+    published = SearchRecord.read(OFFLINE / "search" / published_run / "result.json")
     checkpoint = read_json(OFFLINE / "search" / race_run / "checkpoint.json")
     config = checkpoint["config"]
-    pruner = session.apply(published["genome"], dtype=config["dtype"])
+    pruner = session.apply(published.genome, dtype=config["dtype"])
     ids, reached = session.tokens(config["fitness_split"]).ids, None
     for row in race_parents(checkpoint):
         wins = fresh_windows(ids, config["seq_len"], row["sample"][1], row["sample"][0])
@@ -156,8 +156,9 @@ def search_cost_figures(session: Session, published_run: str = "published", race
             reached = row["forward_tokens"]
             break
     session.restore()
-    return {"published_forward_tokens": published["forward_tokens"], "race_tokens_to_reach_published": reached,
-            "search_token_ratio": reached / published["forward_tokens"] if reached else None}
+    spent = published.spent.forward_tokens
+    return {"published_forward_tokens": spent, "race_tokens_to_reach_published": reached,
+            "search_token_ratio": reached / spent if reached else None}
 
 
 def offline_overhead(figures: dict) -> dict:
