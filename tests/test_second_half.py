@@ -12,6 +12,8 @@ def cell(criterion, target, method, test, docs, seed=None, sparsity=None, n_bloc
             "genome": [rate] * n_blocks, "attention": [rate] * n_blocks, "mlp": [rate] * n_blocks}
 
 
+RUN = {"git_commit": "abcdef1234", "fitness_dtype": "float32",
+       "hardware": {"cpu": "Xeon", "cores": 2, "capability": "AVX512"}}
 DENSE = {**cell("dense", 0.0, "dense", 20.0, 10.0), "criterion": "dense"}
 
 
@@ -110,18 +112,32 @@ def test_figures_render(tmp_path):
 
 
 def test_readme_second_half_is_generated_from_the_last_profiles_record():
-    from evoprune.readme import README, SECOND_HALF, second_half_section
-    from evoprune.records import read_json
-    record = report_paths(SECOND_HALF).record("methods")
-    expected = second_half_section(read_json(record) if record.exists() else None)
+    from evoprune.readme import README, second_half_record, second_half_section
+    expected = second_half_section(*reversed(second_half_record()))
     assert expected in README.read_text(), "README's second half differs from its record: `make readme`"
+
+
+def test_readme_second_half_shows_the_first_part_and_names_the_part_not_run(tmp_path):
+    from evoprune.readme import second_half_record, second_half_section
+    assert second_half_record(tmp_path) == ("offline-sparsegpt", None)
+    record = {"rows": study(), "table": methods.table(study()), "claims": methods.claims(study()),
+              "provenance": {**RUN, "model": "m", "with_profiles": [], "test_windows": 32, "docs_windows": 16,
+                             "race_seeds": {"wanda": [0, 1]}, "race": {"strategy": "race", "budget_tokens": 100000}}}
+    write_json(report_paths("offline-wanda", tmp_path).record("methods"), record)
+    write_json(report_paths("offline-wanda", tmp_path).timings, {"05_methods": {"wall_s": 5400.0}})
+    profile, read = second_half_record(tmp_path)
+    text = second_half_section(read, profile)
+    assert profile == "offline-wanda" and "profiles `offline-wanda`" in text
+    assert "Not run yet at this commit: `offline-sparsegpt` (`make reproduce PROFILE=offline-sparsegpt`" in text
+    assert "Run at commit abcdef1 on Xeon (2 cores, CPU capability AVX512)" in text and "05_methods 5400 s" in text
+    assert "Not run yet" not in second_half_section(read, "offline-sparsegpt")
 
 
 def test_second_half_section_shows_the_table_and_the_targets():
     from evoprune.readme import second_half_section
     rows = study()
     record = {"table": methods.table(rows), "claims": methods.claims(rows),
-              "provenance": {"model": "m", "with_profiles": ["offline-wanda"], "test_windows": 32,
+              "provenance": {**RUN, "model": "m", "with_profiles": ["offline-wanda"], "test_windows": 32,
                              "docs_windows": 16, "race_seeds": {"sparsegpt": [0, 1]},
                              "race": {"strategy": "race", "budget_tokens": 150000}}}
     text = second_half_section(record)

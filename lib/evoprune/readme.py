@@ -9,7 +9,7 @@ import numpy as np
 
 from evoprune import EvopruneError, readings
 from evoprune.records import ROOT, markdown_table, read_json, report_paths
-from evoprune.report import budget_words, results_table, run_words
+from evoprune.report import budget_words, machine_words, notebook_times, results_table, run_words, wall_times
 from evoprune.stats import main_group
 
 README = ROOT / "README.md"
@@ -154,15 +154,29 @@ def _replace_section(text: str, begin: str, end: str, section: str, name: str = 
     return before + section + rest.split(end, 1)[1]
 
 
-SECOND_HALF = "offline-sparsegpt"  # the second half's last profile: its 05 shows every criterion's cells
+SECOND_HALF = ("offline-sparsegpt", "offline-wanda")  # its profiles, the last first: that one shows every criterion
 METHODS_BEGIN, METHODS_END = "<!-- methods:begin -->", "<!-- methods:end -->"
 
 
-def second_half_section(record: dict | None, profile: str = SECOND_HALF) -> str:
-    """The README's second half: 05's table over every criterion and target, and its targets as measured."""
+def second_half_record(root: Path | None = None) -> tuple[str, dict | None]:
+    """The second half's latest profile that has run, and its 05 record with the profile's notebook timings (the
+    last profile and None if none has run)."""
+    for profile in SECOND_HALF:
+        paths = report_paths(profile, root)
+        if paths.record("methods").exists():
+            timings = read_json(paths.timings) if paths.timings.exists() else {}
+            return profile, {**read_json(paths.record("methods")), "timings": timings}
+    return SECOND_HALF[0], None
+
+
+def second_half_section(record: dict | None, profile: str = SECOND_HALF[0]) -> str:
+    """The README's second half: 05's table over every criterion and target, and its targets as measured; the
+    parts not run yet are named with the commands that run them."""
+    missing = SECOND_HALF[:SECOND_HALF.index(profile)] if record else SECOND_HALF
+    commands = ", then ".join(f"`make reproduce PROFILE={p}`" for p in reversed(missing))
+    todo = f"Not run yet at this commit: `{'`, `'.join(reversed(missing))}` ({commands}, then `make readme`)."
     if record is None:
-        body = (f"Not run yet at this commit: `make reproduce PROFILE=offline-wanda`, then `make reproduce "
-                f"PROFILE={profile}`, then `make readme`.")
+        body = todo
     else:
         prov = record["provenance"]
         met = [c for c in record["claims"] if c["met"] is not None]
@@ -176,8 +190,11 @@ Every table, the figures and the downstream accuracy:
 {sum(c['met'] for c in met)} of the {len(met)} targets are met:
 
 {markdown_table(record['claims'])}
+Run at commit {prov['git_commit'][:7]} on {machine_words(prov['hardware'])}, the races' fitness in {prov['fitness_dtype']}.
+Notebook wall times: {wall_times(notebook_times(record.get('timings', {})))}.
+
 ![Frontier](figures/{profile}/frontier.png)
-![Allocations](figures/{profile}/allocations_heatmap.png)"""
+![Allocations](figures/{profile}/allocations_heatmap.png)""" + (f"\n\n{todo}" if missing else "")
     return f"""{METHODS_BEGIN}
 <!-- generated from reports/{profile}/methods.json by `make readme`; edit readme.second_half_section, not this -->
 {body}
@@ -186,13 +203,12 @@ Every table, the figures and the downstream accuracy:
 
 def update_readme(profile: str, root: Path | None = None) -> Path:
     """Replace the README's results sections with the ones generated from ``reports/<profile>/summary.json`` and
-    from the second half's ``reports/offline-sparsegpt/methods.json`` (when that exists), and the performance
+    from the second half's latest ``reports/<profile>/methods.json`` (``second_half_record``), and the performance
     page's bench table with the one generated from ``reports/bench.json`` when that exists."""
-    second = report_paths(SECOND_HALF, root).record("methods")
+    second, record = second_half_record(root)
     text = _replace_section(README.read_text(), BEGIN, END,
                             readme_section(read_json(report_paths(profile, root).summary)))
-    text = _replace_section(text, METHODS_BEGIN, METHODS_END,
-                            second_half_section(read_json(second) if second.exists() else None))
+    text = _replace_section(text, METHODS_BEGIN, METHODS_END, second_half_section(record, second))
     README.write_text(text)
     if BENCH.exists():
         PERFORMANCE.write_text(_replace_section(PERFORMANCE.read_text(), BENCH_BEGIN, BENCH_END,

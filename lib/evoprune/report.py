@@ -70,11 +70,7 @@ def build_summary(paths: ReportPaths, records: dict) -> dict:
                        "packages": prov["packages"], "python": prov["python"], "hardware": prov["hardware"],
                        "seeds": {"search": ga["provenance"].get("seed"), "study_windows": 365},
                        "budgets": {r["run"]: r["config"] for r in ga["rows"]},
-                       "notebook_wall_s": {k: v["wall_s"] for k, v in records["timings"].items()},
-                       "notebook_read_back": {k: v["read_back"] for k, v in records["timings"].items()
-                                              if "read_back" in v},
-                       "notebook_forward_tokens": {k: v["forward_tokens"] for k, v in records["timings"].items()
-                                                   if "forward_tokens" in v},
+                       **notebook_times(records["timings"]),
                        "recorded_at": {name: records[name]["provenance"]["recorded_at"] for name in RECORDS},
                        "profile_choice": records.get("profile_choice")},
         "parameter_counts": baseline["parameter_counts"],
@@ -408,6 +404,13 @@ def machine_words(hw: dict) -> str:
 def counted(n: int, noun: str) -> str:
     """'1 search', '2 searches', '0 measurements'."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('s', 'sh', 'ch')) else 's'}"
+
+
+def notebook_times(timings: dict) -> dict:
+    """A profile's ``timings.json`` as the provenance keys ``wall_times`` reads."""
+    return {"notebook_wall_s": {k: v["wall_s"] for k, v in timings.items() if "wall_s" in v},
+            "notebook_read_back": {k: v["read_back"] for k, v in timings.items() if "read_back" in v},
+            "notebook_forward_tokens": {k: v["forward_tokens"] for k, v in timings.items() if "forward_tokens" in v}}
 
 
 def wall_times(prov: dict) -> str:
