@@ -67,6 +67,7 @@ fitness_dtype = hardware.resolve_dtype(dtype)
 
 # %%
 rows = [methods.dense_row(session, test_windows, docs_windows)]
+others = methods.other_profiles_rows(with_profiles, rows)  # checked first: refused unless same model and windows
 for criterion, targets in cells.items():
     for target in targets:
         rows += methods.rule_cells(session, criterion, target, sensitivity, test_windows, docs_windows, fitness_dtype)
@@ -82,7 +83,7 @@ for criterion, targets in cells.items():
     for target in targets:
         rows += methods.race_cells(session, paths, criterion, target, race, race_seeds[criterion], sensitivity,
                                    test_windows, docs_windows, fitness_dtype)
-shown = rows + methods.other_profiles_rows(with_profiles, rows)  # this profile's cells, then the others'
+shown = rows + others  # this profile's cells, then the other profiles'
 table = methods.table(shown)
 display(Markdown(records.markdown_table(table)))
 display(Markdown(readings.methods_table(table)))

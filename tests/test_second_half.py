@@ -91,6 +91,10 @@ def test_another_profiles_cells_join_only_on_the_same_windows(tmp_path):
     assert len(joined) == len(study()) - 1 and all(r["profile"] == "other" for r in joined)
     with pytest.raises(EvopruneError, match="same model, data and windows"):
         methods.other_profiles_rows(["other"], [{**DENSE, "test_windows": 64}], tmp_path)
+    with pytest.raises(EvopruneError, match="same model, data and windows"):
+        methods.other_profiles_rows(["other"], [{**DENSE, "test_ppl": DENSE["test_ppl"] * 1.001}], tmp_path)
+    another_cpu = {**DENSE, "test_ppl": DENSE["test_ppl"] * (1 + 1e-6)}  # float32 kernels differ in the last digits
+    assert len(methods.other_profiles_rows(["other"], [another_cpu], tmp_path)) == len(joined)
     with pytest.raises(EvopruneError, match="05_methods"):
         methods.other_profiles_rows(["missing"], [DENSE], tmp_path)
 

@@ -99,7 +99,9 @@ def other_profiles_rows(profiles: list[str], own: list[dict], root=None) -> list
         other = report_paths(profile, root)
         saved = read_json(other.require(other.record("methods"), "05_methods"))
         theirs = next(r for r in saved["rows"] if r["method"] == "dense")
-        same = all(theirs[k] == dense[k] for k in ("test_ppl", "test_windows", "docs_ppl", "docs_windows"))
+        # the same windows, and dense alike up to the last digits another CPU's float32 kernels may change
+        same = all(theirs[k] == dense[k] for k in ("test_windows", "docs_windows")) and all(
+            math.isclose(theirs[k], dense[k], rel_tol=1e-4) for k in ("test_ppl", "docs_ppl"))
         if not same:
             raise EvopruneError(f"{other.record('methods')} measured dense as {theirs['test_ppl']:.4g} on "
                                 f"{theirs['test_windows']} test windows, this profile {dense['test_ppl']:.4g} on "
