@@ -187,14 +187,11 @@ Every table, the figures and the downstream accuracy:
 [reports/{profile}/executed/05_methods.ipynb](reports/{profile}/executed/05_methods.ipynb).
 
 {markdown_table(record['table'])}
-{sum(c['met'] for c in met)} of the {len(met)} targets are met:
-
-{markdown_table(record['claims'])}
+{sum(c['met'] for c in met)} of the {len(met)} targets are met ({', '.join(f"{c['what']}: {c['measured']:.3g}, {c['target']}" for c in met)}).
 Run at commit {prov['git_commit'][:7]} on {machine_words(prov['hardware'])}, the races' fitness in {prov['fitness_dtype']}.
 Notebook wall times: {wall_times(notebook_times(record.get('timings', {})))}.
 
-![Frontier](figures/{profile}/frontier.png)
-![Allocations](figures/{profile}/allocations_heatmap.png)""" + (f"\n\n{todo}" if missing else "")
+Figures: [the frontier](figures/{profile}/frontier.png), [the allocations](figures/{profile}/allocations_heatmap.png).""" + (f"\n\n{todo}" if missing else "")
     return f"""{METHODS_BEGIN}
 <!-- generated from reports/{profile}/methods.json by `make readme`; edit readme.second_half_section, not this -->
 {body}
