@@ -12,7 +12,7 @@ from evoprune import export, genes, models, perplexity
 from evoprune.criteria import CRITERIA
 from evoprune.data import PYTHON_DOCS
 from evoprune.provenance import provenance
-from evoprune.records import (REPORTED_DTYPE, ReportPaths, SearchRecord, read_json, record_tokens, write_json,
+from evoprune.records import (REPORTED_DTYPE, ReportPaths, SearchRecord, record_tokens, write_json,
                               write_table)
 from evoprune.search_runs import read_back, removal_latency, removal_ppl
 from evoprune.session import Session
@@ -31,10 +31,6 @@ def record(paths: ReportPaths, name: str, notebook: str, session: Session, conte
                                                forward_tokens=perplexity.forward_tokens(), **settings)}
     write_json(paths.record(name), obj)
     return obj
-
-
-def read_record(paths: ReportPaths, name: str, notebook: str) -> dict:
-    return read_json(paths.require(paths.record(name), notebook))
 
 
 def finish(paths: ReportPaths, notebook: str, session: Session) -> None:
@@ -102,7 +98,7 @@ def block_removals(session: Session, n_windows: int, dtype: str, pairs_up_to: in
 
 def sensitivity_ppl(paths: ReportPaths) -> list[float]:
     """01's sensitivity scan: validation perplexity with each block alone pruned."""
-    return [row["ppl"] for row in read_record(paths, "baseline", "01_baseline")["sensitivity"]]
+    return [row["ppl"] for row in paths.read("baseline", "01_baseline")["sensitivity"]]
 
 
 # --- 03: searches, each against uniform and the rules at its target ------------------------------------------

@@ -17,7 +17,7 @@ from statistics import mean
 from evoprune import EvopruneError
 from evoprune.data import PYTHON_DOCS
 from evoprune.experiments import accuracy_table, criterion_budget
-from evoprune.records import ReportPaths, read_json, report_paths
+from evoprune.records import ReportPaths, report_paths
 from evoprune.search_runs import on_grid, rule_allocations, run_search, search_settings
 from evoprune.session import Session
 from evoprune.stats import claim_cell, rank_correlation
@@ -97,7 +97,7 @@ def other_profiles_rows(profiles: list[str], own: list[dict], root=None) -> list
     rows = []
     for profile in profiles:
         other = report_paths(profile, root)
-        saved = read_json(other.require(other.record("methods"), "05_methods"))
+        saved = other.read("methods", "05_methods")
         theirs = next(r for r in saved["rows"] if r["method"] == "dense")
         # the same windows, and dense alike up to the last digits another CPU's float32 kernels may change
         same = all(theirs[k] == dense[k] for k in ("test_windows", "docs_windows")) and all(

@@ -164,8 +164,7 @@ def second_half_record(root: Path | None = None) -> tuple[str, dict | None]:
     for profile in SECOND_HALF:
         paths = report_paths(profile, root)
         if paths.record("methods").exists():
-            timings = read_json(paths.timings) if paths.timings.exists() else {}
-            return profile, {**read_json(paths.record("methods")), "timings": timings}
+            return profile, {**paths.read("methods", "05_methods"), "timings": paths.read_timings()}
     return SECOND_HALF[0], None
 
 

@@ -146,6 +146,14 @@ class ReportPaths:
                                 f"notebook --profile {self.profile} notebooks/{notebook}.py`.")
         return Path(path)
 
+    def read(self, name: str, notebook: str) -> dict:
+        """The record ``name``: an error naming ``notebook``, which writes it, when it is missing."""
+        return read_json(self.require(self.record(name), notebook))
+
+    def read_timings(self) -> dict:
+        """``timings.json``, or {} before any notebook has finished."""
+        return read_json(self.timings) if self.timings.exists() else {}
+
 
 def report_paths(profile: str, root: str | Path | None = None) -> ReportPaths:
     return ReportPaths(profile, Path(root).resolve() if root else output_root())
@@ -208,14 +216,14 @@ def read_csv(path: str | Path) -> list[dict]:
 def record_tokens(paths: ReportPaths, notebook: str, tokens: dict[str, int], read_back: dict[str, int]) -> None:
     """A notebook's forward tokens by dtype and what it read back instead of computing, in its ``timings.json``
     entry (its last cell writes them; the runner adds the wall time when the notebook has finished)."""
-    timings = read_json(paths.timings) if paths.timings.exists() else {}
+    timings = paths.read_timings()
     timings[notebook] = {**timings.get(notebook, {}), "forward_tokens": tokens, "read_back": read_back}
     write_json(paths.timings, timings)
 
 
 def record_timing(paths: ReportPaths, notebook: str, wall_s: float, parameters: dict) -> dict:
     """Add one notebook's wall time (and the parameters it ran with) to ``timings.json``."""
-    timings = read_json(paths.timings) if paths.timings.exists() else {}
+    timings = paths.read_timings()
     timings[notebook] = {**timings.get(notebook, {}), "wall_s": wall_s, "parameters": parameters,
                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json(paths.timings, timings)

@@ -35,8 +35,8 @@ def histories(paths: ReportPaths, runs) -> dict[str, list[dict]]:
 
 def load_records(paths: ReportPaths) -> dict:
     """The notebooks' records; a missing one is an error naming the notebook that writes it."""
-    records = {name: read_json(paths.require(paths.record(name), notebook)) for name, notebook in RECORDS.items()}
-    records["timings"] = read_json(paths.timings) if paths.timings.exists() else {}
+    records = {name: paths.read(name, notebook) for name, notebook in RECORDS.items()}
+    records["timings"] = paths.read_timings()
     choice = paths.profile_choice
     records["profile_choice"] = read_json(choice) if choice.exists() else None
     optional = paths.record("downstream")  # 03 writes it when its profile names downstream tasks
