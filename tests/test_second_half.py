@@ -133,14 +133,38 @@ def test_readme_second_half_shows_the_first_part_and_names_the_part_not_run(tmp_
     text = second_half_section(read, profile)
     assert profile == "offline-wanda" and "profiles `offline-wanda`" in text
     assert "Not run yet at this commit: `offline-sparsegpt` (`make reproduce PROFILE=offline-sparsegpt`" in text
-    assert "Run at commit abcdef1 on Xeon (2 cores, CPU capability AVX512)" in text and "05_methods 5400 s" in text
+    assert "`offline-wanda` ran at commit abcdef1 on Xeon (2 cores, CPU capability AVX512)" in text
+    assert "05_methods 5400 s" in text and "wanda 2 seeds, 100,000 forward tokens, moves of 0.05" in text
     assert "Not run yet" not in second_half_section(read, "offline-sparsegpt")
+
+
+def test_readme_second_half_joins_the_profiles_it_is_shown_with(tmp_path):
+    from evoprune.readme import second_half_record, second_half_section
+    prov = {**RUN, "model": "m", "test_windows": 32, "docs_windows": 16, "race": {"strategy": "race",
+                                                                                 "budget_tokens": 100000}}
+    wanda = [r for r in study() if r["criterion"] in ("dense", "wanda")]
+    sparse = [r for r in study() if r["criterion"] in ("dense", "sparsegpt")]
+    write_json(report_paths("offline-wanda", tmp_path).record("methods"),
+               {"rows": wanda, "provenance": {**prov, "with_profiles": [], "race_seeds": {"wanda": [0, 1]}}})
+    write_json(report_paths("offline-sparsegpt", tmp_path).record("methods"),
+               {"rows": sparse, "table": methods.table(study()), "claims": methods.claims(study()),
+                "provenance": {**prov, "git_commit": "0123456789", "with_profiles": ["offline-wanda"],
+                               "race_seeds": {"sparsegpt": [0, 1]}}})
+    profile, record = second_half_record(tmp_path)
+    assert profile == "offline-sparsegpt" and len(record["rows"]) == len(study()) and list(record["parts"]) == [
+        "offline-wanda", "offline-sparsegpt"]
+    text = second_half_section(record, profile)
+    assert "`offline-wanda` ran at commit abcdef1" in text and "`offline-sparsegpt` ran at commit 0123456" in text
+    assert "wanda 2 seeds, 100,000 forward tokens, moves of 0.05 (adaptive step) (`offline-wanda`)" in text
+    assert "sparsegpt 2 seeds, 100,000 forward tokens, switches between its levels 0.1 apart" in text
+    # the best model over dense comes from both profiles' rows: wanda's race at 50%, sparsegpt's at 70%
+    assert "1.85x at 50% (wanda, race (mean of 2)" in text and "6.00x at 70% (sparsegpt, race (mean of 2)" in text
 
 
 def test_second_half_section_shows_the_table_and_the_targets():
     from evoprune.readme import second_half_section
     rows = study()
-    record = {"table": methods.table(rows), "claims": methods.claims(rows),
+    record = {"rows": rows, "table": methods.table(rows), "claims": methods.claims(rows),
               "provenance": {**RUN, "model": "m", "with_profiles": ["offline-wanda"], "test_windows": 32,
                              "docs_windows": 16, "race_seeds": {"sparsegpt": [0, 1]},
                              "race": {"strategy": "race", "budget_tokens": 150000}}}

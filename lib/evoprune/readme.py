@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from evoprune import EvopruneError, readings
+from evoprune import EvopruneError, methods, readings
+from evoprune.criteria import CRITERIA
+from evoprune.experiments import criterion_budget
 from evoprune.records import ROOT, markdown_table, read_json, report_paths
-from evoprune.report import budget_words, machine_words, notebook_times, results_table, run_words, wall_times
+from evoprune.report import (budget_words, limit_words, machine_words, notebook_times, race_words, results_table,
+                             run_words, step_words, wall_times)
 from evoprune.stats import main_group
 
 README = ROOT / "README.md"
@@ -159,13 +162,54 @@ METHODS_BEGIN, METHODS_END = "<!-- methods:begin -->", "<!-- methods:end -->"
 
 
 def second_half_record(root: Path | None = None) -> tuple[str, dict | None]:
-    """The second half's latest profile that has run, and its 05 record with the profile's notebook timings (the
-    last profile and None if none has run)."""
+    """The second half's latest profile that has run and its 05 record, with the rows of the profiles it is shown
+    with added to its own, and under ``parts`` each profile's provenance and notebook timings (the last profile
+    and None if none has run)."""
     for profile in SECOND_HALF:
-        paths = report_paths(profile, root)
-        if paths.record("methods").exists():
-            return profile, {**paths.read("methods", "05_methods"), "timings": paths.read_timings()}
+        if report_paths(profile, root).record("methods").exists():
+            record = report_paths(profile, root).read("methods", "05_methods")
+            parts = {p: report_paths(p, root) for p in [*record["provenance"]["with_profiles"], profile]}
+            others = [parts[p].read("methods", "05_methods") for p in record["provenance"]["with_profiles"]]
+            return profile, {**record,
+                             "rows": record["rows"] + [r for o in others for r in o["rows"] if r["method"] != "dense"],
+                             "parts": {p: {**paths.read("methods", "05_methods")["provenance"],
+                                           "timings": paths.read_timings()} for p, paths in parts.items()}}
     return SECOND_HALF[0], None
+
+
+def races_words(parts: dict[str, dict]) -> str:
+    """Each criterion's races, with the profile that ran them: seeds, budget and moves (level switches where the
+    criterion prunes from a level grid)."""
+    shared = race_words(next(iter(parts.values()))["race"])
+    out = []
+    for profile, prov in parts.items():
+        for criterion, seeds in prov["race_seeds"].items():
+            if seeds:
+                cfg, grid = criterion_budget(prov["race"], criterion), CRITERIA[criterion].grid
+                moves = step_words(cfg) if grid is None else f"switches between its levels {grid[1] - grid[0]:g} apart"
+                out.append(f"{criterion} {len(seeds)} seed{'s' if len(seeds) > 1 else ''}, {limit_words(cfg)}, "
+                           f"{moves} (`{profile}`)")
+    return f"{shared}; " + "; ".join(out)
+
+
+def runs_words(parts: dict[str, dict]) -> str:
+    """Where each profile ran: its commit, the machine, the races' fitness dtype and its notebooks' wall times."""
+    return " ".join(f"`{p}` ran at commit {prov['git_commit'][:7]} on {machine_words(prov['hardware'])}, the races' "
+                    f"fitness in {prov['fitness_dtype']}: {wall_times(notebook_times(prov.get('timings', {})))}."
+                    for p, prov in parts.items())
+
+
+def targets_words(record: dict) -> str:
+    """How many of the targets are met (those met named), and the best model against dense at each target."""
+    judged = [c for c in record["claims"] if c["met"] is not None]
+    met = [c["what"] for c in judged if c["met"]]
+    dense = next(r for r in record["rows"] if r["method"] == "dense")["test_ppl"]
+    best = [(target, bound, methods.best_model(record["rows"], target)) for target, bound in
+            methods.BEST_OVER_DENSE.items()]
+    return (f"{len(met)} of the {len(judged)} targets are met{' (' + '; '.join(met) + ')' if met else ''}: the "
+            "race over the best rule is in the table's last two columns; the best model over dense (test) is "
+            + ", ".join(f"{b['test_ppl'] / dense:.2f}x at {t:.0%} ({b['criterion']}, {b['method']}; target at most "
+                        f"{bound:g}x)" for t, bound, b in best if b) + ".")
 
 
 def second_half_section(record: dict | None, profile: str = SECOND_HALF[0]) -> str:
@@ -178,17 +222,16 @@ def second_half_section(record: dict | None, profile: str = SECOND_HALF[0]) -> s
         body = todo
     else:
         prov = record["provenance"]
-        met = [c for c in record["claims"] if c["met"] is not None]
+        parts = record.get("parts") or {profile: prov}
         body = f"""Model `{prov['model']}`, profiles `{'`, `'.join([*prov['with_profiles'], profile])}`; float32, primary protocol, the first
 {prov['test_windows']} test windows and {prov['docs_windows']} `python-docs` windows; the race's mean, min and max over its
-seeds ({', '.join(f"{c}: {len(s)}" for c, s in prov['race_seeds'].items())} in this profile), {budget_words(prov['race'])}.
+seeds. Races: {races_words(parts)}.
 Every table, the figures and the downstream accuracy:
 [reports/{profile}/executed/05_methods.ipynb](reports/{profile}/executed/05_methods.ipynb).
 
 {markdown_table(record['table'])}
-{sum(c['met'] for c in met)} of the {len(met)} targets are met ({', '.join(f"{c['what']}: {c['measured']:.3g}, {c['target']}" for c in met)}).
-Run at commit {prov['git_commit'][:7]} on {machine_words(prov['hardware'])}, the races' fitness in {prov['fitness_dtype']}.
-Notebook wall times: {wall_times(notebook_times(record.get('timings', {})))}.
+{targets_words(record)}
+{runs_words(parts)}
 
 Figures: [the frontier](figures/{profile}/frontier.png), [the allocations](figures/{profile}/allocations_heatmap.png).""" + (f"\n\n{todo}" if missing else "")
     return f"""{METHODS_BEGIN}

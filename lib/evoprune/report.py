@@ -372,16 +372,21 @@ def criterion_words(cfg: dict) -> str:
     return step_words(cfg) + (f", {limit_words(cfg)}" if cfg.get("budget_tokens") else "")
 
 
+def race_words(cfg: dict) -> str:
+    """What every race of ``cfg`` shares: its offspring and the fresh samples of its stages."""
+    stages = ", ".join(str(cfg.get("low_windows", 1) * 2 ** k) for k in range(cfg.get("stages", 3)))
+    return (f"the `race` strategy, (1 + {cfg.get('offspring', 16)}) on fresh samples of {stages} windows of "
+            f"{cfg.get('seq_len', 1024)} tokens")
+
+
 def budget_words(cfg: dict | None) -> str:
     """A search's budget in a few words (and the settings it gives one criterion, under that criterion's name)."""
     if not cfg:
         return "the search"
     strategy = cfg.get("strategy", "elitist")
     if strategy == "race":
-        stages = ", ".join(str(cfg.get("low_windows", 1) * 2 ** k) for k in range(cfg.get("stages", 3)))
         own = "".join(f"; {name}: {criterion_words(sub)}" for name, sub in cfg.items() if isinstance(sub, dict))
-        return (f"the `race` strategy, (1 + {cfg.get('offspring', 16)}) on fresh samples of {stages} windows of "
-                f"{cfg.get('seq_len', 1024)} tokens, {step_words(cfg)}, {limit_words(cfg)}{own}")
+        return f"{race_words(cfg)}, {step_words(cfg)}, {limit_words(cfg)}{own}"
     parts = [f"{key} {cfg[key]}" for key in ("population", "generations", "fitness_windows") if key in cfg]
     return f"the `{strategy}` strategy, " + ", ".join(parts)
 
