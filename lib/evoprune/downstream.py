@@ -161,10 +161,10 @@ def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, batch
     from lm_eval.models.huggingface import HFLM
     manager = task_manager(tasks, data)
     autocast = None if dtype == "float32" else dtype
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, mixed_precision_dtype=autocast)
     counting = model.register_forward_pre_hook(count_input(dtype), with_kwargs=True)
     try:
-        with quiet_harness():
+        with quiet_harness():  # HFLM's notices too: a model passed in, not by name, is this project's design
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, mixed_precision_dtype=autocast)
             out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
                                           bootstrap_iters=0, log_samples=False, random_seed=None,
                                           numpy_random_seed=None, torch_random_seed=None)  # zero-shot: no draws
