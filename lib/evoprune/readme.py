@@ -168,12 +168,13 @@ def second_half_record(root: Path | None = None) -> tuple[str, dict | None]:
     for profile in SECOND_HALF:
         if report_paths(profile, root).record("methods").exists():
             record = report_paths(profile, root).read("methods", "05_methods")
-            parts = {p: report_paths(p, root) for p in [*record["provenance"]["with_profiles"], profile]}
-            others = [parts[p].read("methods", "05_methods") for p in record["provenance"]["with_profiles"]]
-            return profile, {**record,
-                             "rows": record["rows"] + [r for o in others for r in o["rows"] if r["method"] != "dense"],
-                             "parts": {p: {**paths.read("methods", "05_methods")["provenance"],
-                                           "timings": paths.read_timings()} for p, paths in parts.items()}}
+            with_profiles = record["provenance"]["with_profiles"]
+            provenances = {**{p: report_paths(p, root).read("methods", "05_methods")["provenance"]
+                              for p in with_profiles}, profile: record["provenance"]}
+            return profile, {**record, "rows": record["rows"] + methods.other_profiles_rows(with_profiles,
+                                                                                          record["rows"], root),
+                             "parts": {p: {**prov, "timings": report_paths(p, root).read_timings()}
+                                       for p, prov in provenances.items()}}
     return SECOND_HALF[0], None
 
 
