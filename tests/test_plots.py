@@ -84,3 +84,18 @@ def test_figure1_sets_each_search_beside_uniform_at_its_sparsity():
     bars = [line for line in side.get_lines() if line.get_color() == "tab:blue"]
     assert len(bars) == 1 and bars[0].get_ydata()[0] == pytest.approx(10 + 1000 * 0.45 ** 3)  # none at 49%
     assert side.get_ylim()[0] < 80 and side.get_ylim()[1] > 310
+
+
+def _point(target: float, ppl: float, method: str) -> dict:
+    return {"target": target, "sparsity": target, "ppl": ppl, "low": ppl, "high": ppl, "method": method}
+
+
+def test_frontier_names_one_best_rule_in_the_legend_and_changing_ones_at_their_points():
+    lines = {"wanda": {"best rule": [_point(0.5, 50.0, "sensitivity"), _point(0.7, 300.0, "sensitivity")],
+                       "race": [_point(0.5, 48.0, "race"), _point(0.7, 250.0, "race")]},
+             "sparsegpt": {"best rule": [_point(0.5, 45.0, "AlphaPruning"), _point(0.7, 200.0, "sensitivity")],
+                           "race": []}}
+    ax = plots.frontier(lines, DENSE, "m").axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "wanda, best rule (sensitivity)", "wanda, race", "sparsegpt, best rule", "dense (20.0)"]
+    assert [t.get_text() for t in ax.texts] == ["AlphaPruning", "sensitivity"]  # only where the rule changes

@@ -194,8 +194,9 @@ CRITERION_COLORS = {"magnitude": "tab:blue", "wanda": "tab:orange", "sparsegpt":
 
 
 def frontier(lines: dict[str, dict[str, list[dict]]], dense_ppl: float, model: str = "") -> Figure:
-    """Test perplexity (log) against true block sparsity, per criterion: its best rule at each target (dashed, the
-    rule named) and its race (solid; the seeds' mean, their range as a band). Points sit at the sparsity measured."""
+    """Test perplexity (log) against true block sparsity, per criterion: its best rule at each target (dashed; the
+    rule named in the legend, or at each point where it changes) and its race (solid; the seeds' mean, their range
+    as a band). Points sit at the sparsity measured."""
     fig, ax = _figure(8.0, 4.8)
     for criterion, line in lines.items():
         color = CRITERION_COLORS.get(criterion, "tab:purple")
@@ -204,11 +205,13 @@ def frontier(lines: dict[str, dict[str, list[dict]]], dense_ppl: float, model: s
             if not points:
                 continue
             xs = [p["sparsity"] * 100 for p in points]
-            ax.plot(xs, [p["ppl"] for p in points], style, color=color, ms=5, label=f"{criterion}, {kind}",
+            rules = {p["method"] for p in points} if kind == "best rule" else set()
+            named = f" ({min(rules)})" if len(rules) == 1 else ""  # one rule at every target: the legend names it
+            ax.plot(xs, [p["ppl"] for p in points], style, color=color, ms=5, label=f"{criterion}, {kind}{named}",
                     alpha=0.65 if kind == "best rule" else 1.0)
             if kind == "race" and any(p["low"] != p["high"] for p in points):
                 ax.fill_between(xs, [p["low"] for p in points], [p["high"] for p in points], color=color, alpha=0.2)
-            if kind == "best rule":
+            if len(rules) > 1:  # the best rule changes with the target: each point names its own
                 for x, p in zip(xs, points):
                     ax.annotate(p["method"], (x, p["ppl"]), textcoords="offset points", xytext=(4, 4), fontsize=6,
                                 color=color)

@@ -175,7 +175,7 @@ def render_report(paths: ReportPaths, summary: dict) -> str:
     counts, windows = summary["parameter_counts"], protocol["test_windows"]
     figures = "\n".join(f"![{p.stem}]({os.path.relpath(p, paths.reports)})"
                         for p in sorted(paths.figures.glob("*.png")))
-    walls = wall_times(prov) + " (04_analysis as of its previous run)"
+    walls = wall_times(prov) + ", as recorded when 04_analysis wrote this report"
     packages = ", ".join(f"{k} {v}" for k, v in prov["packages"].items())
     budgets = "\n".join(f"  - `{run}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items())
                         for run, cfg in prov["budgets"].items())
